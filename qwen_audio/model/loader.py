@@ -1,0 +1,207 @@
+"""Find a checkpoint folder and load its weights without holding them twice.
+
+The model is built on the `meta` device and the tensors come straight from memory-mapped
+safetensors files (`assign=True`), so a checkpoint already in the target dtype costs no copy; a
+dtype conversion holds one tensor at a time twice, never the whole model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from ..config import CheckpointError, ModelConfig, read_json
+from .qwen2 import RotaryEmbedding
+from .qwen2_audio import Qwen2AudioForConditionalGeneration
+
+log = logging.getLogger(__name__)
+
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+SHOW_PROGRESS_BYTES = 1 << 30  # a progress bar for checkpoints over 1 GiB
+
+
+def resolve_model_path(model: str | os.PathLike, *, allow_download: bool = False) -> Path:
+    """A local folder, or a hub id (`Qwen/Qwen2-Audio-7B-Instruct`) found in a local cache.
+
+    Hub ids resolve through huggingface_hub's cache (HF_HOME / HF_HUB_CACHE), then ModelScope's
+    (MODELSCOPE_CACHE, ~/.cache/modelscope/hub). Downloading happens only with `allow_download`
+    and a reachable hub (and never when HF_HUB_OFFLINE=1).
+    """
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    name = str(model)
+    if not HUB_ID.match(name):
+        raise CheckpointError(f"model folder not found: {path}")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, local_files_only=not allow_download))
+    except Exception as err:  # huggingface_hub raises several types for "not cached"
+        hf_error = err
+    for cached in _modelscope_candidates(name):
+        if (cached / "config.json").exists():
+            return cached
+    raise CheckpointError(
+        f"{name!r} is neither a local folder nor in the Hugging Face / ModelScope cache "
+        f"({type(hf_error).__name__}: {hf_error}). Pass the checkpoint folder with --model."
+    )
+
+
+def _modelscope_candidates(name: str) -> list[Path]:
+    root = Path(os.environ.get("MODELSCOPE_CACHE", Path.home() / ".cache" / "modelscope" / "hub"))
+    org, repo = name.split("/", 1)
+    return [
+        root / "models" / org / repo,
+        root / org / repo,
+        root / "models" / org / repo.replace(".", "___"),
+    ]
+
+
+def default_dtype(device: torch.device, config: ModelConfig) -> torch.dtype:
+    """`auto`: bf16 on CUDA and on CPUs with native bf16 math, float32 otherwise."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+
+
+def cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
+
+
+def parse_dtype(dtype: str | torch.dtype, device: torch.device, config: ModelConfig) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return default_dtype(device, config)
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of auto, float32, bfloat16, float16; got {dtype!r}")
+    return DTYPES[dtype]
+
+
+def weight_files(path: Path) -> list[Path]:
+    """The safetensors files of a checkpoint: one file, or the shards named by the index."""
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        data = read_json(index)
+        weight_map = data.get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError(f"malformed {index}: no weight_map")
+        files = sorted({path / f for f in weight_map.values()})
+        for f in files:
+            if not f.exists():
+                raise CheckpointError(f"missing shard {f} (listed in {index})")
+        return files
+    single = path / "model.safetensors"
+    if single.exists():
+        return [single]
+    shards = sorted(path.glob("model-*-of-*.safetensors"))
+    if shards:
+        return shards
+    raise CheckpointError(f"no weights in {path}: expected model.safetensors or an index + shards")
+
+
+def load_model(
+    path: Path,
+    config: ModelConfig,
+    *,
+    dtype: torch.dtype,
+    device: torch.device,
+    show_progress: bool | None = None,
+) -> Qwen2AudioForConditionalGeneration:
+    with torch.device("meta"):
+        model = Qwen2AudioForConditionalGeneration(config)
+    expected = model.state_dict()
+    files = weight_files(path)
+    total = sum(f.stat().st_size for f in files)
+    if show_progress is None:
+        show_progress = total >= SHOW_PROGRESS_BYTES
+    bar = None
+    if show_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, unit="B", unit_scale=True, desc="loading weights")
+
+    state: dict[str, torch.Tensor] = {}
+    unexpected: list[str] = []
+    for f in files:
+        try:
+            with safe_open(str(f), framework="pt", device="cpu") as st:
+                for key in st.keys():
+                    if key not in expected:
+                        unexpected.append(key)
+                        continue
+                    tensor = st.get_tensor(key)  # memory-mapped, not read yet
+                    want = expected[key].shape
+                    if tensor.shape != want:
+                        raise CheckpointError(
+                            f"{f.name}: {key} has shape {tuple(tensor.shape)}, "
+                            f"config.json implies {tuple(want)}"
+                        )
+                    if tensor.dtype != dtype:
+                        tensor = tensor.to(dtype)
+                    if device.type != "cpu":
+                        tensor = tensor.to(device)
+                    state[key] = tensor
+                    if bar is not None:
+                        bar.update(tensor.numel() * tensor.element_size())
+        except SafetensorError as err:
+            raise CheckpointError(f"cannot read {f}: {err}") from None
+    if bar is not None:
+        bar.close()
+
+    _fill_optional_weights(state, expected, config)
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise CheckpointError(f"{len(missing)} weight(s) missing from {path}: {shown}")
+    if unexpected:
+        log.warning("ignoring %d unknown weight(s), e.g. %s", len(unexpected), unexpected[0])
+
+    model.load_state_dict(state, assign=True, strict=True)
+    # Non-persistent buffers are not in the file: rebuild them on the real device.
+    text = config.text
+    model.language_model.model.rotary_emb = RotaryEmbedding(text.head_dim, text.rope_theta).to(
+        device
+    )
+    return model.eval()
+
+
+def _fill_optional_weights(
+    state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], config: ModelConfig
+) -> None:
+    """Weights a file may leave out: a tied head, and Whisper's sinusoidal positions."""
+    head = "language_model.lm_head.weight"
+    embed = "language_model.model.embed_tokens.weight"
+    if head not in state and config.text.tie_word_embeddings and embed in state:
+        state[head] = state[embed]
+    pos = "audio_tower.embed_positions.weight"
+    if pos not in state:
+        length, dim = expected[pos].shape
+        ref = next(iter(state.values()))
+        state[pos] = whisper_sinusoids(length, dim).to(dtype=ref.dtype, device=ref.device)
+
+
+def whisper_sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> torch.Tensor:
+    """Whisper's fixed position table: sin on the first half of the channels, cos on the rest."""
+    log_increment = torch.log(torch.tensor(max_timescale)) / (channels // 2 - 1)
+    inv = torch.exp(-log_increment * torch.arange(channels // 2, dtype=torch.float32))
+    scaled = torch.arange(length, dtype=torch.float32)[:, None] * inv[None, :]
+    return torch.cat([scaled.sin(), scaled.cos()], dim=1)

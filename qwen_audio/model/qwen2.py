@@ -1,0 +1,177 @@
+"""The Qwen2 decoder: RMSNorm, rotary positions, grouped-query attention, SiLU-gated MLP.
+
+Module names follow the hub checkpoint (`language_model.model.layers.0.self_attn.q_proj`, ...), so
+loading is a 1:1 name map. Inputs are packed token rows (T, D) with explicit positions; see
+`kv_cache.AttentionBatch`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ..config import TextConfig
+from .kv_cache import AttentionBatch
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in float32 and scale in the model dtype, exactly as the reference does.
+        dtype = x.dtype
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(dtype)
+
+
+class RotaryEmbedding(nn.Module):
+    def __init__(self, head_dim: int, theta: float) -> None:
+        super().__init__()
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        freqs = positions.float()[:, None] * self.inv_freq[None, :]  # (T, D/2)
+        emb = torch.cat((freqs, freqs), dim=-1)  # (T, D)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE on x (H, T, D) with cos/sin (T, D)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+def causal_mask(new: int, total: int, device: torch.device) -> torch.Tensor:
+    """Boolean (new, total) mask: new token i (at position total-new+i) sees keys <= itself."""
+    past = total - new
+    rows = torch.arange(new, device=device)[:, None] + past
+    return torch.arange(total, device=device)[None, :] <= rows
+
+
+class Qwen2Attention(nn.Module):
+    def __init__(self, cfg: TextConfig) -> None:
+        super().__init__()
+        self.num_heads = cfg.num_attention_heads
+        self.num_kv_heads = cfg.num_key_value_heads
+        self.head_dim = cfg.head_dim
+        self.q_proj = nn.Linear(cfg.hidden_size, self.num_heads * self.head_dim, bias=True)
+        self.k_proj = nn.Linear(cfg.hidden_size, self.num_kv_heads * self.head_dim, bias=True)
+        self.v_proj = nn.Linear(cfg.hidden_size, self.num_kv_heads * self.head_dim, bias=True)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, cfg.hidden_size, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        batch: AttentionBatch,
+        layer_idx: int,
+    ) -> torch.Tensor:
+        T = x.shape[0]
+        H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
+        q = self.q_proj(x).view(T, H, D).transpose(0, 1)  # (H, T, D)
+        k = self.k_proj(x).view(T, Hkv, D).transpose(0, 1)  # (Hkv, T, D)
+        v = self.v_proj(x).view(T, Hkv, D).transpose(0, 1)  # (Hkv, T, D)
+        q = apply_rotary(q, cos, sin)
+        k = apply_rotary(k, cos, sin)
+
+        outputs = []
+        start = 0
+        for i, n in enumerate(batch.seq_lens):
+            qi, ki, vi = q[:, start : start + n], k[:, start : start + n], v[:, start : start + n]
+            if batch.caches is not None:
+                ki, vi = batch.caches[i].write(layer_idx, ki, vi)  # (Hkv, past + n, D)
+            total = ki.shape[1]
+            if n == 1:
+                mask, is_causal = None, False  # one new token sees everything before it
+            elif total == n:
+                mask, is_causal = None, True
+            else:
+                mask, is_causal = causal_mask(n, total, x.device), False
+            out = F.scaled_dot_product_attention(
+                qi, ki, vi, attn_mask=mask, is_causal=is_causal, enable_gqa=H != Hkv
+            )  # (H, n, D)
+            outputs.append(out)
+            start += n
+        out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)  # (H, T, D)
+        return self.o_proj(out.transpose(0, 1).reshape(T, H * D))
+
+
+class Qwen2MLP(nn.Module):
+    def __init__(self, cfg: TextConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Qwen2DecoderLayer(nn.Module):
+    def __init__(self, cfg: TextConfig) -> None:
+        super().__init__()
+        self.self_attn = Qwen2Attention(cfg)
+        self.mlp = Qwen2MLP(cfg)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, x, cos, sin, batch: AttentionBatch, layer_idx: int) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, batch, layer_idx)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Qwen2Model(nn.Module):
+    def __init__(self, cfg: TextConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(Qwen2DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.rotary_emb = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
+        self.gradient_checkpointing = False
+
+    def forward(
+        self, inputs_embeds: torch.Tensor, positions: torch.Tensor, batch: AttentionBatch
+    ) -> torch.Tensor:
+        """(T, D) packed embeddings -> (T, D) final hidden states; updates the batch's caches."""
+        if batch.num_tokens != inputs_embeds.shape[0]:
+            raise ValueError("AttentionBatch.seq_lens does not add up to the number of tokens")
+        if batch.caches is not None:
+            for cache, n in zip(batch.caches, batch.seq_lens):
+                cache.reserve(n)
+        cos, sin = self.rotary_emb(positions, inputs_embeds.dtype)
+        x = inputs_embeds
+        for i, layer in enumerate(self.layers):
+            if self.gradient_checkpointing and self.training:
+                x = checkpoint(layer, x, cos, sin, batch, i, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, batch, i)
+        if batch.caches is not None:
+            for cache, n in zip(batch.caches, batch.seq_lens):
+                cache.advance(n)
+        return self.norm(x)
+
+
+class Qwen2ForCausalLM(nn.Module):
+    """`language_model.*` in the checkpoint: the decoder stack plus the output head."""
+
+    def __init__(self, cfg: TextConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.model = Qwen2Model(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+
+    def forward(self, inputs_embeds, positions, batch: AttentionBatch) -> torch.Tensor:
+        return self.model(inputs_embeds, positions, batch)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits in float32 for the rows the caller needs (never the whole prefill)."""
+        return self.lm_head(hidden).float()
