@@ -9,7 +9,6 @@ import json
 import numpy as np
 import pytest
 import soundfile as sf
-from fixtures.tokenizer_builder import build_tokenizer, write_preprocessor_config
 
 from qwen_audio.audio import AudioError, audio_content_hash, num_audio_tokens
 from qwen_audio.prompt import (
@@ -20,6 +19,7 @@ from qwen_audio.prompt import (
     load_chat_template,
 )
 from qwen_audio.tokenizer import Tokenizer
+from tests.fixtures.tokenizer_builder import build_tokenizer, write_preprocessor_config
 
 N_MELS = 80
 SR = 16000

@@ -7,9 +7,9 @@ import json
 import random
 
 import pytest
-from fixtures.tokenizer_builder import SPECIAL_TOKENS, build_tokenizer
 
 from qwen_audio.tokenizer import IncrementalDecoder, Tokenizer, TokenizerError
+from tests.fixtures.tokenizer_builder import SPECIAL_TOKENS, build_tokenizer
 
 TRICKY = [
     "Hello world",
