@@ -116,6 +116,7 @@ class LLMEngine:
         }
 
     # ---- the loop -------------------------------------------------------------------------
+    @torch.inference_mode()
     def step(self) -> list[StepOutput]:
         outputs = self._apply_aborts()
         prefills = self._admit()

@@ -21,7 +21,6 @@ class ModelRunner:
         self.audio_cache = audio_cache
         self.device = model.device
 
-    @torch.inference_mode()
     def execute(self, prefills: list[Sequence], decodes: list[Sequence]) -> torch.Tensor:
         """Prefill the uncached prompt part of `prefills`, feed the last token of `decodes`.
 
@@ -61,7 +60,7 @@ class ModelRunner:
     ) -> list[torch.Tensor]:
         """Embeddings of the audio tokens of `seq` at positions >= start, in order."""
         rows = []
-        for clip_hash, offset, clip in self._needed_clips(seq, start):
+        for clip_hash, offset, _clip in self._needed_clips(seq, start):
             skip = sum(1 for p in seq.audio_positions if p < start)  # audio tokens cached
             rows.append(table[clip_hash][max(skip - offset, 0) :])
         return rows
