@@ -96,6 +96,26 @@ def load_checkpoint(
     return Checkpoint(path, config, tokenizer, renderer, GenerationDefaults.from_dir(path), net)
 
 
+def build_request(
+    checkpoint: Checkpoint,
+    prompt: RenderedPrompt,
+    params: SamplingParams | None,
+    request_id: str | None = None,
+) -> tuple[EngineRequest, OutputBuilder]:
+    """The engine's view of a rendered prompt, and the builder that turns its ids into text."""
+    resolved = (params or SamplingParams()).resolve(checkpoint.generation)
+    rid = request_id or f"req-{next(_request_ids)}"
+    req = EngineRequest(rid, prompt.token_ids, prompt.audio_clips, prompt.audio_hashes, resolved)
+    builder = OutputBuilder(
+        rid,
+        checkpoint.tokenizer,
+        resolved.stop,
+        resolved.skip_special_tokens,
+        audio_tokens=prompt.num_audio_tokens,
+    )
+    return req, builder
+
+
 def is_conversation(obj: Any) -> bool:
     """A conversation is a list of message dicts; a batch is a list of conversations."""
     return isinstance(obj, list) and (not obj or isinstance(obj[0], dict))
@@ -191,19 +211,7 @@ class LLM:
     def make_request(
         self, prompt: RenderedPrompt, params: SamplingParams | None, request_id: str | None = None
     ) -> tuple[EngineRequest, OutputBuilder]:
-        resolved = (params or SamplingParams()).resolve(self.checkpoint.generation)
-        rid = request_id or f"req-{next(_request_ids)}"
-        req = EngineRequest(
-            rid, prompt.token_ids, prompt.audio_clips, prompt.audio_hashes, resolved
-        )
-        builder = OutputBuilder(
-            rid,
-            self.tokenizer,
-            resolved.stop,
-            resolved.skip_special_tokens,
-            audio_tokens=prompt.num_audio_tokens,
-        )
-        return req, builder
+        return build_request(self.checkpoint, prompt, params, request_id)
 
     def _run(
         self, prompts: list[RenderedPrompt], params: SamplingParams | None, use_tqdm: bool

@@ -1,0 +1,201 @@
+"""`AsyncLLM`: the engine behind an asyncio interface, for the server.
+
+One background thread owns the engine and steps it while there is work; coroutines submit requests
+and receive deltas through per-request asyncio queues. Concurrent requests therefore share steps
+(continuous batching), and closing a stream (a client that went away) aborts its request, which
+frees its memory at the next step boundary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import torch
+
+from .engine.engine import EngineConfig, LLMEngine
+from .llm import build_request, load_checkpoint
+from .outputs import Delta, OutputBuilder, RequestOutput
+from .prompt import RenderedPrompt
+from .sampling import SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Stream:
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+    builder: OutputBuilder
+
+
+class AsyncLLM:
+    def __init__(
+        self,
+        model: str | os.PathLike | None = None,
+        *,
+        dtype: str | torch.dtype = "auto",
+        device: str = "cpu",
+        quantize: str | None = None,
+        adapter: str | os.PathLike | None = None,
+        long_audio: str = "split",
+        allow_remote_audio: bool = False,
+        engine_config: EngineConfig | None = None,
+    ) -> None:
+        self.checkpoint = load_checkpoint(
+            model,
+            dtype=dtype,
+            device=device,
+            quantize=quantize,
+            adapter=adapter,
+            long_audio=long_audio,
+            allow_remote_audio=allow_remote_audio,
+        )
+        self.tokenizer = self.checkpoint.tokenizer
+        self.renderer = self.checkpoint.renderer
+        self.engine = LLMEngine(self.checkpoint.model, self.checkpoint.eos_token_ids, engine_config)
+        self._streams: dict[str, _Stream] = {}
+        self._streams_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="qwen-audio-engine", daemon=True)
+        self._thread.start()
+
+    @property
+    def model_name(self) -> str:
+        return self.checkpoint.path.name
+
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.max_model_len
+
+    def stats(self) -> dict:
+        return self.engine.stats()
+
+    # ---- streaming ----------------------------------------------------------------------
+    async def stream_chat(
+        self,
+        messages: list[dict],
+        params: SamplingParams | None = None,
+        *,
+        request_id: str | None = None,
+    ) -> AsyncIterator[Delta]:
+        # Decoding and resampling audio is CPU work: keep it off the event loop.
+        prompt = await asyncio.to_thread(self.renderer.render_chat, messages)
+        async for delta in self.stream_prompt(prompt, params, request_id=request_id):
+            yield delta
+
+    async def stream_generate(
+        self,
+        prompt: str,
+        audios: list | None = None,
+        params: SamplingParams | None = None,
+        *,
+        request_id: str | None = None,
+    ) -> AsyncIterator[Delta]:
+        rendered = await asyncio.to_thread(self.renderer.render_raw, prompt, list(audios or []))
+        async for delta in self.stream_prompt(rendered, params, request_id=request_id):
+            yield delta
+
+    async def stream_prompt(
+        self,
+        prompt: RenderedPrompt,
+        params: SamplingParams | None = None,
+        *,
+        request_id: str | None = None,
+    ) -> AsyncIterator[Delta]:
+        if self._closed:
+            raise RuntimeError("the engine is shut down")
+        req, builder = build_request(self.checkpoint, prompt, params, request_id)
+        rid = req.request_id
+        stream = _Stream(asyncio.get_running_loop(), asyncio.Queue(), builder)
+        with self._streams_lock:
+            if rid in self._streams:
+                raise ValueError(f"request id {rid!r} is already running")
+            self._streams[rid] = stream
+        finished = False
+        try:
+            self.engine.add_request(req)  # raises ContextLengthError before anything runs
+            self._wake.set()
+            while True:
+                item = await stream.queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                finished = item.finish_reason is not None
+                yield item
+                if finished:
+                    break
+        finally:
+            with self._streams_lock:
+                self._streams.pop(rid, None)
+            if not finished:
+                self.engine.abort(rid)
+                self._wake.set()
+
+    async def chat(
+        self, messages: list[dict], params: SamplingParams | None = None
+    ) -> RequestOutput:
+        """The whole answer at once (collects the stream)."""
+        text, ids, last = [], [], None
+        async for d in self.stream_chat(messages, params):
+            text.append(d.text)
+            ids += d.token_ids
+            last = d
+        return RequestOutput(
+            last.request_id,
+            "".join(text),
+            ids,
+            last.finish_reason,
+            last.prompt_tokens,
+            last.audio_tokens,
+            last.cached_tokens,
+        )
+
+    async def abort(self, request_id: str) -> None:
+        self.engine.abort(request_id)
+        self._wake.set()
+
+    def shutdown(self) -> None:
+        self._closed = True
+        self._wake.set()
+        self._thread.join(timeout=10)
+
+    # ---- the engine thread --------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._closed:
+            if not self.engine.has_work():
+                self._wake.wait(timeout=1.0)
+                self._wake.clear()
+                continue
+            try:
+                outputs = self.engine.step()
+            except Exception as err:  # a bug or OOM: fail the running requests, keep serving
+                log.exception("engine step failed")
+                self._fail_all(err)
+                continue
+            for out in outputs:
+                with self._streams_lock:
+                    stream = self._streams.get(out.request_id)
+                if stream is None or stream.builder.finished:
+                    continue
+                delta = stream.builder.push(out)
+                if stream.builder.finished and not out.finished:
+                    self.engine.abort(out.request_id)  # a stop string ended it first
+                stream.loop.call_soon_threadsafe(stream.queue.put_nowait, delta)
+
+    def _fail_all(self, err: Exception) -> None:
+        with self._streams_lock:
+            streams = list(self._streams.items())
+        for rid, stream in streams:
+            self.engine.abort(rid)
+            stream.loop.call_soon_threadsafe(
+                stream.queue.put_nowait, RuntimeError(f"generation failed: {err}")
+            )
+        try:
+            self.engine.step()  # apply the aborts so the memory is released
+        except Exception:
+            log.exception("engine cleanup failed")
