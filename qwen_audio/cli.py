@@ -1,0 +1,153 @@
+"""`qwen-audio`: argument parsing and dispatch only; the work lives in the modules it calls."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from .config import CheckpointError
+
+
+def add_model_options(p: argparse.ArgumentParser, *, required: bool = False) -> None:
+    p.add_argument(
+        "--model",
+        required=required,
+        help="checkpoint folder or cached hub id (default: $QWEN_AUDIO_MODEL or the demo model)",
+    )
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--quantize", choices=["int8"], default=None, help="weight-only int8 decoder")
+    p.add_argument(
+        "--long-audio",
+        choices=["split", "truncate", "error"],
+        default="split",
+        help="audio over 30 s: split into 30 s windows (default), keep the first 30 s, or refuse",
+    )
+
+
+def add_chat_command(sub) -> None:
+    p = sub.add_parser("chat", help="answer once, or an interactive voice/text chat")
+    add_model_options(p)
+    p.add_argument("--audio", action="append", default=[], help="audio file (repeatable)")
+    p.add_argument("--prompt", help="text of the user turn")
+    p.add_argument("--system", help="system prompt")
+    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=None, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--raw", action="store_true", help="base model: --prompt is a raw prompt")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_run_chat)
+
+
+def add_transcribe_command(sub) -> None:
+    p = sub.add_parser("transcribe", help="transcribe audio files (long files in 30 s windows)")
+    add_model_options(p)
+    p.add_argument("files", nargs="+")
+    p.add_argument("--language", help="language code such as en, zh, fr")
+    p.add_argument("--format", default="text", choices=["text", "json", "srt", "vtt"])
+    p.add_argument("--task", default="transcribe", choices=["transcribe", "translate"])
+    p.add_argument(
+        "--style",
+        default="auto",
+        choices=["auto", "chat", "base"],
+        help="prompt style: Instruct chat or the base model's ASR prompt (auto: from the folder)",
+    )
+    p.set_defaults(func=_run_transcribe)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qwen-audio", description="Run, serve, evaluate and finetune Qwen2-Audio models."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_chat_command(sub)
+    add_transcribe_command(sub)
+    _add_optional(sub, "qwen_audio.server.cli", "add_serve_subcommand")
+    _add_optional(sub, "qwen_audio.eval.cli", "add_eval_subcommands")
+    _add_optional(sub, "qwen_audio.train.cli", "add_train_subcommands")
+    _add_optional(sub, "qwen_audio.bench", "add_bench_subcommand")
+    _add_optional(sub, "qwen_audio.demo.cli", "add_demo_subcommands")
+    return parser
+
+
+def _add_optional(sub, module: str, function: str) -> None:
+    """Commands whose extras may not be installed still show up, and say what to install."""
+    import importlib
+
+    try:
+        getattr(importlib.import_module(module), function)(sub)
+    except ImportError as err:
+        name = module.split(".")[1]
+        p = sub.add_parser(name, help=f"(needs extra packages: {err.name})")
+        p.set_defaults(func=lambda args, e=err: _missing_extra(e))
+
+
+def _missing_extra(err: ImportError) -> int:
+    print(
+        f"error: this command needs the package {err.name!r}; "
+        "install the extras with: pip install 'qwen-audio[all]'",
+        file=sys.stderr,
+    )
+    return 2
+
+
+def _run_chat(args) -> int:
+    from .chat import answer_once, interactive_chat
+
+    llm = _load(args)
+    if args.prompt is None and not args.audio:
+        return interactive_chat(llm, args)
+    result = answer_once(llm, args)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "text": result.text,
+                    "token_ids": result.token_ids,
+                    "finish_reason": result.finish_reason,
+                },
+                ensure_ascii=False,
+            )
+        )
+    return 0
+
+
+def _run_transcribe(args) -> int:
+    from .transcribe import transcribe_files
+
+    return transcribe_files(_load(args), args)
+
+
+def _load(args):
+    from .llm import LLM
+
+    return LLM(
+        args.model,
+        dtype=args.dtype,
+        device=args.device,
+        quantize=args.quantize,
+        long_audio=args.long_audio,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
+    try:
+        return int(args.func(args) or 0)
+    except (CheckpointError, ValueError, FileNotFoundError) as err:
+        # Bad input (a file, a field, a limit): one clear line, not a traceback.
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
