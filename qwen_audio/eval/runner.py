@@ -1,0 +1,423 @@
+"""`qwen-audio eval run`: predict a benchmark with our engine or a server, then score and report.
+
+Resumable: every finished sample is appended (and flushed) to `predictions.jsonl` as it finishes;
+a restarted run skips the ids already there and ends with the same metrics.
+
+Data parallel under `torchrun`: rank r predicts rows i with i % world_size == r into its own
+`predictions.part{r}.jsonl` (gloo on CPU, nccl on GPU); after a barrier rank 0 merges the parts
+into `predictions.jsonl` in dataset order, scores, and writes metrics.json, report.md and
+report.png.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from ._http import RetryPolicy, endpoint, post_json
+from .tasks import AUDIO_PLACEHOLDER, SYSTEM_PROMPT, EvalRow, get_task, load_rows, resolve_prompt
+
+PREDICTIONS = "predictions.jsonl"
+MAX_TOKENS = 256  # the original scripts' max_new_tokens (greedy, min_new_tokens 1)
+
+
+@dataclass(frozen=True)
+class EvalRequest:
+    """What a predictor gets for one sample."""
+
+    id: str
+    audio: str  # path of the audio file
+    prompt: str  # raw mode: the text after the audio tags; chat mode: the user's text
+    chat: bool  # True: Instruct chat template (system turn, user turn = audio + text)
+
+    def raw_prompt(self) -> str:
+        return AUDIO_PLACEHOLDER + self.prompt
+
+    def messages(self, audio_part: dict | None = None) -> list[dict]:
+        part = audio_part or {"type": "audio", "audio": self.audio}
+        return [
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": [part, {"type": "text", "text": self.prompt}]},
+        ]
+
+
+PredictFn = Callable[[list[EvalRequest]], list[str]]
+
+
+class LLMPredictor:
+    """Batched greedy decoding through `qwen_audio.LLM`."""
+
+    def __init__(self, llm, max_tokens: int = MAX_TOKENS):
+        from qwen_audio import SamplingParams
+
+        self.llm = llm
+        self.params = SamplingParams(temperature=0.0, max_tokens=max_tokens, min_tokens=1)
+
+    def __call__(self, requests: list[EvalRequest]) -> list[str]:
+        texts: list[str] = [""] * len(requests)
+        raw = [i for i, r in enumerate(requests) if not r.chat]
+        chat = [i for i, r in enumerate(requests) if r.chat]
+        if raw:
+            outs = self.llm.generate(
+                [requests[i].raw_prompt() for i in raw],
+                audios=[[requests[i].audio] for i in raw],
+                params=self.params,
+            )
+            for i, out in zip(raw, outs):
+                texts[i] = out.text
+        if chat:
+            outs = self.llm.chat([requests[i].messages() for i in chat], self.params)
+            for i, out in zip(chat, outs):
+                texts[i] = out.text
+        return texts
+
+
+class ServerPredictor:
+    """Greedy requests to an OpenAI-compatible server, `concurrency` of them in flight.
+
+    Raw prompts go to /v1/completions with the audio in an `audios` extension field; chat
+    requests go to /v1/chat/completions with `input_audio` parts. Audio is sent as WAV.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        model: str | None = None,
+        max_tokens: int = MAX_TOKENS,
+        concurrency: int = 8,
+        timeout_s: float = 600.0,
+        retry: RetryPolicy = RetryPolicy(),
+        client=None,
+    ):
+        import httpx
+
+        self.url = url
+        self.client = client or httpx.Client(timeout=timeout_s)
+        self.max_tokens = max_tokens
+        self.concurrency = max(1, concurrency)
+        self.retry = retry
+        self.model = model or self._served_model()
+
+    def _served_model(self) -> str:
+        try:
+            listing = self.client.get(endpoint(self.url, "/models")).json()
+            return str(listing["data"][0]["id"])
+        except Exception:  # noqa: BLE001 - any server: fall back to a placeholder name
+            return "default"
+
+    def predict_one(self, request: EvalRequest) -> str:
+        audio = {"data": wav_base64(request.audio), "format": "wav"}
+        params = {"temperature": 0.0, "max_tokens": self.max_tokens, "min_tokens": 1}
+        if request.chat:
+            part = {"type": "input_audio", "input_audio": audio}
+            payload = {"model": self.model, "messages": request.messages(part), **params}
+            reply = post_json(self.client, endpoint(self.url, "/chat/completions"), payload,
+                              retry=self.retry)  # fmt: skip
+            return str(reply["choices"][0]["message"]["content"] or "")
+        payload = {"model": self.model, "prompt": request.raw_prompt(), "audios": [audio], **params}
+        reply = post_json(
+            self.client, endpoint(self.url, "/completions"), payload, retry=self.retry
+        )
+        return str(reply["choices"][0]["text"])
+
+    def iter_completed(self, requests: list[EvalRequest]) -> Iterator[tuple[int, str]]:
+        """(index, text) pairs in the order the server finishes them."""
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            futures = {pool.submit(self.predict_one, r): i for i, r in enumerate(requests)}
+            for future in as_completed(futures):
+                yield futures[future], future.result()
+
+    def __call__(self, requests: list[EvalRequest]) -> list[str]:
+        texts = [""] * len(requests)
+        for i, text in self.iter_completed(requests):
+            texts[i] = text
+        return texts
+
+
+def wav_base64(path: str) -> str:
+    """The file itself when it is a WAV, else the audio decoded to 16 kHz and written as WAV."""
+    if path.lower().endswith(".wav"):
+        return base64.b64encode(Path(path).read_bytes()).decode()
+    import io
+
+    import soundfile as sf
+
+    try:
+        from qwen_audio.audio_io import load_audio
+    except ImportError:  # the loader's older home
+        from qwen_audio.audio import load_audio
+
+    buf = io.BytesIO()
+    sf.write(buf, load_audio(path), 16000, format="WAV", subtype="FLOAT")  # no requantization
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+# --------------------------------------------------------------------------- distribution
+
+
+class _Dist:
+    """The torchrun environment: rank, world size, barrier. One process when not launched so."""
+
+    def __init__(self) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.created = False
+        if self.world > 1:
+            import torch
+            import torch.distributed as dist
+
+            if not dist.is_initialized():
+                backend = "nccl" if torch.cuda.is_available() else "gloo"
+                if backend == "nccl":
+                    torch.cuda.set_device(self.local_rank)
+                # Shards finish at different times: the barrier must outwait the slowest one.
+                dist.init_process_group(backend, timeout=timedelta(hours=12))
+                self.created = True
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.created:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+# --------------------------------------------------------------------------- prediction files
+
+
+def _read_rows(path: Path) -> list[dict]:
+    """Rows of a predictions file; lines cut by an interruption are skipped."""
+    rows = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and "id" in row:
+                rows.append(row)
+    return rows
+
+
+def _prediction_files(out: Path) -> list[Path]:
+    return [out / PREDICTIONS, *sorted(out.glob("predictions.part*.jsonl"))]
+
+
+def _repair_tail(path: Path) -> None:
+    """Drop a last line left without its newline by a kill, so appending stays line-aligned."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    data = path.read_bytes()
+    if not data.endswith(b"\n"):
+        path.write_bytes(data[: data.rfind(b"\n") + 1])
+
+
+def _merge(out: Path, order: list[str]) -> list[dict]:
+    """Gather every prediction file into predictions.jsonl (dataset order); return `order`'s rows."""
+    by_id: dict[str, dict] = {}
+    parts = _prediction_files(out)
+    for path in parts:
+        for row in _read_rows(path):
+            by_id.setdefault(str(row["id"]), row)
+    wanted = set(order)
+    rows = [by_id[i] for i in order if i in by_id]
+    rows += [r for i, r in by_id.items() if i not in wanted]  # from an earlier, larger run
+    tmp = out / (PREDICTIONS + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, out / PREDICTIONS)
+    for path in parts[1:]:
+        path.unlink()
+    return [by_id[i] for i in order if i in by_id]
+
+
+def _prediction_row(row: EvalRow, request: EvalRequest, response: str) -> dict:
+    return {
+        **row.extra,
+        "id": row.id,
+        "source": row.source,
+        "gt": row.gt,
+        "response": response,
+        "audio_path": row.audio,
+        "prompt": request.prompt,
+    }
+
+
+def _predictions(predictor, requests: list[EvalRequest]) -> Iterator[tuple[int, str]]:
+    if hasattr(predictor, "iter_completed"):
+        yield from predictor.iter_completed(requests)
+        return
+    texts = predictor(requests)
+    if len(texts) != len(requests):
+        raise RuntimeError(f"predictor returned {len(texts)} texts for {len(requests)} requests")
+    yield from enumerate(texts)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass
+class EvalResult:
+    task: str
+    output_dir: Path
+    metrics: dict[str, float | None] | None  # {source: metric} on rank 0 once scored, else None
+    predicted: int  # samples this process predicted in this run
+    total: int  # samples in the evaluated set (all ranks)
+
+
+def run_eval(
+    task: str,
+    data: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    model: str | None = None,
+    server_url: str | None = None,
+    predict_fn: PredictFn | None = None,
+    server_model: str | None = None,
+    batch_size: int = 8,
+    limit: int | None = None,
+    prompt_override: str | None = None,
+    prompt_variant: str = "base",
+    max_tokens: int = MAX_TOKENS,
+    device: str | None = None,
+    dtype: str = "auto",
+    metric: str | None = None,
+    language: str | None = None,
+    judge=None,
+    progress: bool = True,
+) -> EvalResult:
+    """Predict `task` on the rows found in `data` and score them into `output_dir`.
+
+    Exactly one predictor: `model` (a checkpoint folder for `qwen_audio.LLM`), `server_url`
+    (an OpenAI-compatible server) or `predict_fn` (any callable: list[EvalRequest] -> list[str]).
+    `judge` (a JudgeConfig) scores AIR-Bench chat; without it chat runs stop after predicting.
+    """
+    if sum(x is not None for x in (model, server_url, predict_fn)) != 1:
+        raise ValueError("give exactly one of model, server_url or predict_fn")
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    spec = get_task(task, metric=metric, language=language)
+    rows = load_rows(spec, data, limit)
+    requests = {
+        r.id: EvalRequest(r.id, r.audio, *resolve_prompt(spec, r, variant=prompt_variant,
+                                                          override=prompt_override))
+        for r in rows
+    }  # fmt: skip
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_settings(out, {
+        "task": spec.name, "predictor": model or server_url or "custom",
+        "prompt_variant": prompt_variant, "prompt_override": prompt_override,
+        "max_tokens": max_tokens,
+    })  # fmt: skip
+
+    dist = _Dist()
+    try:
+        shard = [r for i, r in enumerate(rows) if i % dist.world == dist.rank]
+        done = {str(r["id"]) for p in _prediction_files(out) for r in _read_rows(p)}
+        pending = [r for r in shard if r.id not in done]
+        predicted = 0
+        if pending:
+            predictor = predict_fn or _make_predictor(
+                model, server_url, server_model, max_tokens, batch_size, device, dtype, dist
+            )
+            predicted = _predict_shard(predictor, pending, requests, len(shard), out, dist,
+                                       spec.name, batch_size, progress)  # fmt: skip
+        dist.barrier()
+        metrics = None
+        if dist.rank == 0:
+            merged = _merge(out, [r.id for r in rows])
+            if len(merged) != len(rows):
+                raise RuntimeError(f"{len(rows) - len(merged)} predictions are missing in {out}")
+            metrics = _score_and_report(spec, merged, out, judge, model or server_url or "custom")
+        dist.barrier()
+        return EvalResult(spec.name, out, metrics, predicted, len(rows))
+    finally:
+        dist.close()
+
+
+def _check_settings(out: Path, settings: dict) -> None:
+    """Refuse to resume into a folder whose predictions were made with other settings."""
+    path = out / "run.json"
+    if path.is_file():
+        before = json.loads(path.read_text(encoding="utf-8"))
+        changed = [k for k in settings if before.get(k) != settings[k]]
+        if changed:
+            raise ValueError(
+                f"{out} holds predictions made with other settings ({', '.join(changed)}); "
+                "use another --output, or delete it to start over"
+            )
+        return
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _make_predictor(model, server_url, server_model, max_tokens, batch_size, device, dtype, dist):
+    if server_url is not None:
+        return ServerPredictor(
+            server_url, model=server_model, max_tokens=max_tokens, concurrency=batch_size
+        )
+    import torch
+
+    from qwen_audio import LLM
+
+    if device is None:
+        device = f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu"
+    return LLMPredictor(LLM(model, dtype=dtype, device=device), max_tokens=max_tokens)
+
+
+def _predict_shard(predictor, pending, requests, shard_size, out, dist, name, batch_size, progress):
+    from tqdm import tqdm
+
+    path = out / (PREDICTIONS if dist.world == 1 else f"predictions.part{dist.rank}.jsonl")
+    _repair_tail(path)
+    desc = name if dist.world == 1 else f"{name} [rank {dist.rank}]"
+    bar = tqdm(total=shard_size, initial=shard_size - len(pending), desc=desc, unit="sample",
+               position=dist.rank, disable=not progress, file=sys.stderr)  # fmt: skip
+    predicted = 0
+    with open(path, "a", encoding="utf-8") as f:
+        for start in range(0, len(pending), batch_size):
+            batch = pending[start : start + batch_size]
+            batch_requests = [requests[r.id] for r in batch]
+            for i, text in _predictions(predictor, batch_requests):
+                row = _prediction_row(batch[i], batch_requests[i], text)
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                f.flush()
+                predicted += 1
+                bar.update()
+    bar.close()
+    return predicted
+
+
+def _score_and_report(spec, rows, out, judge, model_name) -> dict[str, float | None] | None:
+    from .report import write_reports
+    from .score import format_table, score_report
+
+    if spec.metric == "judge" and judge is None:
+        print(
+            f"{spec.name}: predictions are in {out / PREDICTIONS}; score them with a judge:\n"
+            f"  qwen-audio eval score --task {spec.name} --predictions {out / PREDICTIONS} "
+            "--judge-url URL --judge-model NAME",
+            file=sys.stderr,
+        )
+        return None
+    report = score_report(spec, rows, judge=judge, judge_cache=out / "judge.jsonl", progress=True)
+    write_reports(report, out, model=model_name, samples=len(rows))
+    print(format_table(report), file=sys.stderr)
+    return report.values()

@@ -1,0 +1,466 @@
+"""Benchmark tasks: where their data lives, what their rows look like, prompts and metrics.
+
+A task reads its rows from a local folder (`--data DIR`) or file. Most tasks use the original
+scripts' row format, one JSON object per line:
+
+    {"audio": "clips/x.flac", "prompt": "...", "gt": "reference text", "source": "group name"}
+
+`audio` is absolute or relative to the JSONL's folder (else to DIR, else to the working folder);
+`prompt` is optional (the task's default is used); metrics are grouped per `source`; an `id` is
+optional (the line number is used). AIR-Bench tasks also read the benchmark's own meta files.
+
+Prompts (*unverified* ones come from third-party code, see QWEN2_AUDIO.md) are part of the task;
+a row's own `prompt` wins over the default, `--prompt` wins over both, and the "instruct"
+variant swaps ASR/S2TT prompts for Instruct-style requests in the chat template.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+AUDIO_PLACEHOLDER = "<|audio_bos|><|AUDIO|><|audio_eos|>"  # before the base model's prompt
+SYSTEM_PROMPT = "You are a helpful assistant."
+
+LANGUAGE_NAMES = {
+    "en": "English", "de": "German", "zh": "Mandarin", "ja": "Japanese", "fr": "French",
+    "es": "Spanish", "it": "Italian", "ca": "Catalan", "ru": "Russian", "pt": "Portuguese",
+    "fa": "Persian", "et": "Estonian", "mn": "Mongolian", "nl": "Dutch", "tr": "Turkish",
+    "ar": "Arabic", "sv": "Swedish", "lv": "Latvian", "sl": "Slovenian", "ta": "Tamil",
+    "id": "Indonesian", "cy": "Welsh", "yue": "Cantonese",
+}  # fmt: skip
+
+# CoVoST 2: 21 languages into English, English into 15 languages.
+COVOST2_PAIRS = tuple(
+    [(x, "en") for x in "fr de es ca it ru zh pt fa et mn nl tr ar sv lv sl ta ja id cy".split()]
+    + [("en", x) for x in "de ca zh fa et mn tr ar sv lv sl ta ja id cy".split()]
+)
+
+ASR_PROMPT = "Detect the language and recognize the speech: <|{lang}|>"  # unverified
+S2TT_PROMPT = "Detect the language and translate the speech into {target_language}: <|{lang}|>"
+SER_PROMPT = "Recognize the emotion with keywords in English:"  # unverified
+VSC_PROMPT = "Classify the human vocal sound to VocalSound in English:"
+FOUNDATION_PROMPT = (
+    "Choose the most suitable answer from options A, B, C, and D to respond the question in "
+    "next line, you may only choose A or B or C or D."
+)
+# Our own phrasing for Instruct checkpoints, which follow instructions rather than task tags.
+INSTRUCT_ASR_PROMPT = (
+    "Transcribe the {language} speech in this audio. Reply with the transcription only."  # noqa: E501
+)
+INSTRUCT_S2TT_PROMPT = (
+    "Translate the speech in this audio into {target_language}. Reply with the translation only."
+)
+
+# AIR-Bench chat task names -> the categories the benchmark reports.
+AIRBENCH_CATEGORIES = {
+    "speech_QA": "speech",
+    "speech_dialogue_QA": "speech",
+    "sound_QA": "sound",
+    "sound_generation_QA": "sound",
+    "music_QA": "music",
+    "music_generation_analysis_QA": "music",
+    "speech_and_sound_QA": "speech_and_sound",
+    "speech_and_music_QA": "speech_and_music",
+}
+
+METRIC_LABELS = {
+    "wer": "WER",
+    "cer": "CER",
+    "bleu": "BLEU",
+    "acc": "ACC",
+    "choice_acc": "ACC",
+    "judge": "GPT score",
+}
+LOWER_IS_BETTER = {"wer", "cer"}
+
+
+class DataError(ValueError):
+    """Missing or malformed benchmark data; the message says what to put where."""
+
+
+@dataclass(frozen=True)
+class Published:
+    """A number from the Qwen2-Audio report, to show beside ours."""
+
+    label: str  # as published: "dev-clean", "en-de", "speech"
+    value: float  # in the metric's own unit: WER/accuracy as fractions, BLEU 0..100, score 1..10
+    match: tuple[str, ...] = ()  # consecutive tokens of a source name ("_"/"-" split); () = any
+
+
+@dataclass(frozen=True)
+class EvalRow:
+    """One benchmark item, ready to prompt."""
+
+    id: str
+    audio: str  # path of the audio file
+    prompt: str  # text after the audio (raw mode) or the user's text (chat mode), as in the data
+    gt: str
+    source: str
+    extra: dict = field(default_factory=dict)  # other fields, copied into the prediction row
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    kind: str  # "asr" | "s2tt" | "ser" | "vsc" | "chat" | "foundation" | "generic"
+    metric: str  # "wer" | "cer" | "bleu" | "acc" | "choice_acc" | "judge"
+    description: str
+    data_files: tuple[str, ...]  # where the data file is looked for, relative to --data
+    language: str | None = None  # ASR scoring language (en, zh, yue, fr, ...)
+    prompt: str | None = None  # default prompt; may use {lang} {language} {target_language}
+    instruct_prompt: str | None = None  # the "instruct" variant (ASR and S2TT)
+    chat: bool = False  # prompt with the Instruct chat template instead of a raw prompt
+    published: tuple[Published, ...] = ()
+    row_example: dict = field(default_factory=dict)
+
+    @property
+    def metric_label(self) -> str:
+        return METRIC_LABELS[self.metric]
+
+    def published_for(self, source: str) -> Published | None:
+        tokens = [t for t in re.split(r"[_\-\s]+", source.lower()) if t]
+        for pub in self.published:
+            n = len(pub.match)
+            if n == 0 or any(tuple(tokens[i : i + n]) == pub.match for i in range(len(tokens))):
+                return pub
+        return None
+
+    def data_help(self) -> str:
+        where = " or ".join(f"DIR/{f}" for f in self.data_files)
+        lines = [f"{self.name}: {self.description}", f"  data file: {where} (or pass the file)"]
+        if self.row_example:
+            lines.append("  one row: " + json.dumps(self.row_example, ensure_ascii=False))
+        if self.kind in ("chat", "foundation"):
+            lines.append(
+                "  audio: DIR/{task_name}_{dataset_name}/{path} as AIR-Bench ships it, or an "
+                "`audio` field as above"
+            )
+        else:
+            lines.append("  audio paths are relative to the data file's folder (or absolute)")
+        return "\n".join(lines)
+
+
+def _pub(label: str, value: float, *match: str) -> Published:
+    return Published(label, value, tuple(match))
+
+
+def _asr_task(name, language, files, published, description, source) -> Task:
+    return Task(
+        name=name,
+        kind="asr",
+        metric="cer" if language in ("zh", "yue") else "wer",
+        description=description,
+        data_files=files,
+        language=language,
+        prompt=ASR_PROMPT,
+        instruct_prompt=INSTRUCT_ASR_PROMPT,
+        published=published,
+        row_example={
+            "audio": "clips/0001.flac",
+            "prompt": ASR_PROMPT.format(lang=language),
+            "gt": "the reference transcript",
+            "source": source,
+        },
+    )
+
+
+def _build_registry() -> dict[str, Task]:
+    tasks = [
+        _asr_task(
+            "librispeech", "en", ("librispeech_eval.jsonl", "asr/librispeech_eval.jsonl"),
+            (_pub("dev-clean", 0.017, "dev", "clean"), _pub("dev-other", 0.036, "dev", "other"),
+             _pub("test-clean", 0.017, "test", "clean"), _pub("test-other", 0.040, "test", "other")),
+            "LibriSpeech dev/test clean/other, WER", "librispeech_test_clean",
+        ),
+        _asr_task(
+            "aishell2", "zh", ("aishell2_eval.jsonl", "asr/aishell2_eval.jsonl"),
+            (_pub("Mic", 0.032, "mic"), _pub("iOS", 0.031, "ios"),
+             _pub("Android", 0.029, "android")),
+            "AISHELL-2 test (Mic/iOS/Android), CER", "aishell2_test_ios",
+        ),
+        *[
+            _asr_task(
+                f"cv15_{lang}", lang,
+                (f"cv15_asr_{lang}_eval.jsonl", f"asr/cv15_asr_{lang}_eval.jsonl"),
+                (_pub(f"CommonVoice15 {lang}", value),),
+                f"Common Voice 15 {LANGUAGE_NAMES[lang]}, {'CER' if lang in ('zh', 'yue') else 'WER'}",
+                f"cv15_asr_{lang}",
+            )
+            for lang, value in (("en", 0.087), ("zh", 0.065), ("yue", 0.059), ("fr", 0.096))
+        ],
+        _asr_task(
+            "fleurs_zh", "zh", ("fleurs_asr_zh_eval.jsonl", "asr/fleurs_asr_zh_eval.jsonl"),
+            (_pub("Fleurs zh", 0.070),), "FLEURS Mandarin, CER", "fleurs_asr_zh",
+        ),
+        Task(
+            name="covost2", kind="s2tt", metric="bleu",
+            description="CoVoST 2 speech translation, all pairs, BLEU per pair",
+            data_files=("covost2_eval.jsonl", "st/covost2_eval.jsonl"),
+            prompt=S2TT_PROMPT, instruct_prompt=INSTRUCT_S2TT_PROMPT,
+            published=tuple(
+                _pub(f"{s}-{t}", v, s, t)
+                for (s, t), v in {
+                    ("en", "de"): 29.6, ("de", "en"): 33.6, ("en", "zh"): 45.6,
+                    ("zh", "en"): 24.0, ("es", "en"): 38.7, ("fr", "en"): 37.2,
+                    ("it", "en"): 35.2,
+                }.items()
+            ),
+            row_example={
+                "audio": "clips/0001.mp3",
+                "prompt": S2TT_PROMPT.format(target_language="German", lang="en"),
+                "gt": "the reference translation",
+                "source": "covost2_en_de_test",
+            },
+        ),
+        Task(
+            name="meld", kind="ser", metric="acc",
+            description="MELD speech emotion recognition, accuracy",
+            data_files=("meld_eval.jsonl", "ser/meld_eval.jsonl"), prompt=SER_PROMPT,
+            published=(_pub("MELD", 0.535),),
+            row_example={"audio": "clips/0001.wav", "prompt": SER_PROMPT, "gt": "neutral",
+                         "source": "meld"},
+        ),
+        Task(
+            name="vocalsound", kind="vsc", metric="acc",
+            description="VocalSound vocal sound classification, accuracy",
+            data_files=("vocalsound_eval.jsonl", "vsc/vocalsound_eval.jsonl"), prompt=VSC_PROMPT,
+            published=(_pub("VocalSound", 0.9395),),
+            row_example={"audio": "clips/0001.wav", "prompt": VSC_PROMPT, "gt": "Laughter",
+                         "source": "vocalsound"},
+        ),
+        Task(
+            name="airbench_chat", kind="chat", metric="judge", chat=True,
+            description="AIR-Bench chat (Instruct model), GPT-4-class judge score per category",
+            data_files=("Chat_meta.json", "Chat/Chat_meta.json", "airbench_chat.jsonl"),
+            published=(_pub("speech", 7.24, "speech"), _pub("sound", 6.83, "sound"),
+                       _pub("music", 6.73, "music"), _pub("mixed", 6.42, "mixed")),
+            row_example={"path": "x.wav", "question": "What is the speaker's mood?",
+                         "answer_gt": "...", "meta_info": "...", "task_name": "speech_QA",
+                         "dataset_name": "...", "uniq_id": 1},
+        ),
+        Task(
+            name="airbench_foundation", kind="foundation", metric="choice_acc", chat=True,
+            description="AIR-Bench foundation multiple choice, accuracy per task and dataset",
+            data_files=("Foundation_meta.json", "Foundation/Foundation_meta.json"),
+            prompt=FOUNDATION_PROMPT,
+            row_example={"path": "x.wav", "question": "...", "choice_a": "...",
+                         "choice_b": "...", "choice_c": "...", "choice_d": "...",
+                         "answer_gt": "...", "task_name": "Speaker_Gender_Recognition",
+                         "dataset_name": "...", "uniq_id": 1},
+        ),
+        Task(
+            name="generic", kind="generic", metric="acc",
+            description="any JSONL in the row format; pick --metric (wer/cer/bleu/acc) and "
+            "--language for WER/CER",
+            data_files=("eval.jsonl",),
+            row_example={"audio": "clips/0001.wav", "prompt": "Describe the sound:", "gt": "...",
+                         "source": "my_set"},
+        ),
+    ]  # fmt: skip
+    return {t.name: t for t in tasks}
+
+
+TASKS: dict[str, Task] = _build_registry()
+ALIASES = {"fluers_zh": "fleurs_zh", "airbench": "airbench_chat"}  # the original's spellings
+
+
+def get_task(name: str, *, metric: str | None = None, language: str | None = None) -> Task:
+    """Look a task up; `generic` takes its metric (and WER/CER language) from the arguments."""
+    task = TASKS.get(ALIASES.get(name, name))
+    if task is None:
+        raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
+    if task.kind != "generic":
+        if metric is not None and metric != task.metric:
+            raise ValueError(f"task {task.name} is scored with {task.metric}, not {metric}")
+        return task
+    metric = metric or task.metric
+    if metric in ("wer", "cer"):
+        language = language or ("zh" if metric == "cer" else "en")
+    elif metric not in ("bleu", "acc"):
+        raise ValueError(f"generic task metric must be wer, cer, bleu or acc, not {metric!r}")
+    if metric == "cer" and language not in ("zh", "yue"):
+        raise ValueError("cer is the per-character score of zh and yue; use --language zh|yue")
+    if metric == "wer" and language in ("zh", "yue"):
+        metric = "cer"
+    return replace(task, metric=metric, language=language)
+
+
+# --------------------------------------------------------------------------- data loading
+
+
+def find_data_file(task: Task, data: str | os.PathLike) -> Path:
+    """The task's data file: `data` itself if it is a file, else the first known name in it."""
+    path = Path(data)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        for name in task.data_files:
+            if (path / name).is_file():
+                return path / name
+        if task.kind == "generic":
+            jsonl = sorted(path.glob("*.jsonl"))
+            if len(jsonl) == 1:
+                return jsonl[0]
+    raise DataError(f"no data for task {task.name} in {path}\n{task.data_help()}")
+
+
+def load_rows(task: Task, data: str | os.PathLike, limit: int | None = None) -> list[EvalRow]:
+    """Read, check and resolve the task's rows (the first `limit` of them)."""
+    path = find_data_file(task, data)
+    root = Path(data) if Path(data).is_dir() else path.parent
+    records = _read_records(path)
+    if limit is not None:
+        records = records[:limit]
+    if task.kind in ("chat", "foundation"):
+        rows = [_airbench_row(task, r, i, path.parent) for i, r in enumerate(records)]
+    else:
+        rows = [_jsonl_row(task, r, i, path, root) for i, r in enumerate(records)]
+    ids = [r.id for r in rows]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise DataError(f"{path}: id {dup!r} appears more than once; ids must be unique")
+    missing = [r.audio for r in rows if not Path(r.audio).is_file()]
+    if missing:
+        raise DataError(
+            f"{path}: {len(missing)} of {len(rows)} audio files are missing, e.g. {missing[0]}\n"
+            + task.data_help()
+        )
+    return rows
+
+
+def _read_records(path: Path) -> list[dict]:
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):  # a JSON list (AIR-Bench meta files)
+        records = json.loads(text)
+    else:
+        records = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}:{n}: not a JSON object ({e})") from None
+    if not all(isinstance(r, dict) for r in records):
+        raise DataError(f"{path}: every row must be a JSON object")
+    return records
+
+
+def _resolve_audio(audio: str, *bases: Path) -> str:
+    p = Path(audio).expanduser()
+    if p.is_absolute():
+        return str(p)
+    for base in (*bases, Path.cwd()):
+        if (base / p).is_file():
+            return str(base / p)
+    return str(bases[0] / p)
+
+
+def _jsonl_row(task: Task, r: dict, index: int, path: Path, root: Path) -> EvalRow:
+    where = f"{path}, row {index + 1}"
+    for key in ("audio", "gt"):
+        if key not in r:
+            raise DataError(f"{where}: no {key!r} field\n{task.data_help()}")
+    source = str(r.get("source") or task.name)
+    prompt = r.get("prompt")
+    if prompt is None:
+        prompt = default_prompt(task, source)
+    extra = {k: v for k, v in r.items() if k not in ("audio", "prompt", "gt", "source", "id")}
+    return EvalRow(
+        id=str(r.get("id", index)),
+        audio=_resolve_audio(str(r["audio"]), path.parent, root),
+        prompt=str(prompt),
+        gt=str(r["gt"]),
+        source=source,
+        extra=extra,
+    )
+
+
+def _airbench_row(task: Task, r: dict, index: int, root: Path) -> EvalRow:
+    where = f"AIR-Bench row {index + 1}"
+    if "audio" in r:  # already in our row format
+        audio = _resolve_audio(str(r["audio"]), root)
+    elif "path" in r and "task_name" in r and "dataset_name" in r:
+        folder = root / f"{r['task_name']}_{r['dataset_name']}"
+        name = str(r["path"])
+        if r["task_name"] == "Audio_Grounding":  # the benchmark ships these as .flac
+            name = name[:-3] + "flac"
+        audio = str(folder / name)
+    else:
+        raise DataError(f"{where}: needs `path`, `task_name`, `dataset_name` (or `audio`)")
+    question = r.get("question", r.get("prompt"))
+    answer = r.get("answer_gt", r.get("gt"))
+    if question is None or answer is None:
+        raise DataError(f"{where}: needs `question` and `answer_gt`\n{task.data_help()}")
+    if task.kind == "foundation":
+        source = f"{r.get('task_name')}_{r.get('dataset_name')}"
+        prompt = r.get("prompt") if "question" not in r else foundation_prompt(r)
+    else:
+        source = str(r.get("task_name", r.get("source", "chat")))
+        prompt = question
+    extra = {k: v for k, v in r.items() if k not in ("audio", "prompt", "gt", "source", "id")}
+    extra.setdefault("question", question)
+    return EvalRow(
+        id=str(r.get("uniq_id", r.get("id", index))),
+        audio=audio,
+        prompt=str(prompt),
+        gt=str(answer),
+        source=source,
+        extra=extra,
+    )
+
+
+def foundation_prompt(r: dict) -> str:
+    """AIR-Bench's multiple-choice instruction; a missing option is written "None" as there."""
+    choices = "\n".join(f"{letter}. {r.get('choice_' + letter.lower())}" for letter in "ABCD")
+    return f"{FOUNDATION_PROMPT}\n{r['question']}\n{choices}"
+
+
+# --------------------------------------------------------------------------- prompts
+
+
+def _languages(task: Task, source: str) -> dict[str, str]:
+    """Placeholder values: {lang} {language} for ASR; {lang} {target_language} for S2TT."""
+    if task.kind == "s2tt":
+        parts = source.split("_")
+        src = parts[-3] if len(parts) >= 3 else "en"
+        tgt = parts[-2] if len(parts) >= 2 else "en"
+        name = LANGUAGE_NAMES.get(tgt.split("-")[0], tgt)
+        return {"lang": src, "target_language": name}
+    lang = task.language or "en"
+    return {"lang": lang, "language": LANGUAGE_NAMES.get(lang, lang)}
+
+
+def _fill(template: str, values: dict[str, str]) -> str:
+    # Only known placeholders are replaced: prompts may hold other braces.
+    for key, value in values.items():
+        template = template.replace("{" + key + "}", value)
+    return template
+
+
+def default_prompt(task: Task, source: str) -> str:
+    if task.prompt is None:
+        raise DataError(f"task {task.name} has no default prompt: every row needs a `prompt`")
+    return _fill(task.prompt, _languages(task, source))
+
+
+def resolve_prompt(
+    task: Task, row: EvalRow, *, variant: str = "base", override: str | None = None
+) -> tuple[str, bool]:
+    """(prompt text, chat?) for a row: `override` > instruct variant > the row's > default.
+
+    `override` may hold `{prompt}` (the row's prompt) and the language placeholders.
+    """
+    if variant not in ("base", "instruct"):
+        raise ValueError(f"prompt variant must be 'base' or 'instruct', not {variant!r}")
+    chat = task.chat or variant == "instruct"
+    if override is not None:
+        return _fill(override, {"prompt": row.prompt, **_languages(task, row.source)}), chat
+    if variant == "instruct" and not task.chat:
+        if task.instruct_prompt is None:
+            raise ValueError(f"task {task.name} has no instruct prompt; pass --prompt to write one")
+        return _fill(task.instruct_prompt, _languages(task, row.source)), True
+    return row.prompt, chat
