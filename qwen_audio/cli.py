@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_optional(sub, "qwen_audio.server.cli", "add_serve_subcommand")
     _add_optional(sub, "qwen_audio.eval.cli", "add_eval_subcommands")
     _add_optional(sub, "qwen_audio.train.cli", "add_train_subcommands")
-    _add_optional(sub, "qwen_audio.bench", "add_bench_subcommand")
+    _add_optional(sub, "qwen_audio.bench.cli", "add_bench_subcommand")
     _add_optional(sub, "qwen_audio.demo.cli", "add_demo_subcommands")
     return parser
 
