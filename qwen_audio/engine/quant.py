@@ -54,7 +54,7 @@ def quantize_model(model: nn.Module, method: str, *, include_encoder: bool = Fal
     if include_encoder:
         roots += [model.audio_tower, model.multi_modal_projector]
     for root in roots:
-        for name, module in list(root.named_modules()):
+        for module in list(root.modules()):
             for child_name, child in list(module.named_children()):
                 if isinstance(child, nn.Linear):
                     setattr(module, child_name, Int8Linear(child, compute))
