@@ -105,6 +105,7 @@ def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--gradient-checkpointing", action="store_true")
     g.add_argument("--num-workers", type=int, default=0, help="data loader processes")
+    g.add_argument("--cache-mb", type=int, default=1024, help="memory for rendered rows")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
     g = p.add_argument_group("checkpoints, data checks and logs")
@@ -161,6 +162,7 @@ def options_from_args(args: argparse.Namespace):
         resume=args.resume,
         skip_bad=args.skip_bad,
         num_workers=args.num_workers,
+        cache_mb=args.cache_mb,
         device=args.device,
         log_every=args.log_every,
         progress=not args.no_progress,

@@ -15,19 +15,17 @@ conversation that ends with the user, or to a base-model row without `gt`; ms-sw
 
 Relative audio paths are read from the data file's folder (then from the current directory).
 Every row is rendered by the inference `PromptRenderer` before training starts; the rows it
-refuses are reported with file and line (see `validate`).
+refuses are reported with file and line (see `load_data`).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..audio import AudioError
@@ -365,136 +363,3 @@ def bad_row_report(data: TrainData, limit: int = 50) -> str:
     if len(data.bad) > limit:
         lines.append(f"... and {len(data.bad) - limit} more")
     return "\n".join(lines)
-
-
-# ---- batching ------------------------------------------------------------------------------
-
-
-def plan_epoch(
-    lengths: Sequence[int], epoch: int, seed: int, global_batch: int, group: int = 32
-) -> list[list[int]]:
-    """The global batches (row indices) of one epoch, length-grouped.
-
-    The rows are shuffled (seeded by seed and epoch), cut into windows of `group` global
-    batches, sorted by length inside each window and cut into global batches, whose order is
-    shuffled again; the batch with the longest row goes first, so memory trouble shows at once.
-    A last incomplete global batch is dropped, so every step sees the same number of rows.
-    """
-    n = len(lengths)
-    if n < global_batch:
-        raise DataError(
-            f"{n} usable row(s) but one step needs {global_batch} (batch size x gradient "
-            "accumulation x processes); lower --batch-size or --grad-accum"
-        )
-    rng = np.random.default_rng([seed, epoch])
-    order = rng.permutation(n)
-    window = global_batch * group
-    batches = []
-    for start in range(0, n, window):
-        chunk = sorted(order[start : start + window], key=lambda i: -lengths[i])
-        batches += [chunk[i : i + global_batch] for i in range(0, len(chunk), global_batch)]
-    batches = [[int(i) for i in b] for b in batches if len(b) == global_batch]
-    perm = rng.permutation(len(batches))
-    batches = [batches[i] for i in perm]
-    longest = max(range(len(batches)), key=lambda b: max(lengths[i] for i in batches[b]))
-    batches.insert(0, batches.pop(longest))
-    return batches
-
-
-def micro_batches(
-    rows: list[int], lengths: Sequence[int], rank: int, world_size: int, accum: int
-) -> list[list[int]]:
-    """This process's `accum` micro-batches of a global batch.
-
-    The rows are sorted by length and dealt round-robin over world_size x accum micro-batches,
-    micro-batch j = g * world_size + rank going to this process at accumulation step g. The
-    split depends only on the global batch, so 2 processes x 1 step see the same micro-batches
-    as 1 process x 2 accumulation steps.
-    """
-    ordered = sorted(rows, key=lambda i: (-lengths[i], i))
-    parts = world_size * accum
-    return [ordered[g * world_size + rank :: parts] for g in range(accum)]
-
-
-# ---- packing -------------------------------------------------------------------------------
-
-
-@dataclass
-class PackedBatch:
-    """Sequences laid back to back for the training forward (no padding)."""
-
-    input_ids: torch.Tensor  # (T,) int64
-    positions: torch.Tensor  # (T,) int64, restarting at 0 for each sequence
-    seq_lens: list[int]
-    features: list[torch.Tensor]  # one (n_mels, F) per distinct clip
-    num_frames: list[int]
-    clip_index: list[int]  # for each clip in token order, its entry in `features`
-    pred_rows: torch.Tensor  # (n,) rows whose logits predict a trained token
-    targets: torch.Tensor  # (n,) the tokens they predict
-    pred_seq: torch.Tensor  # (n,) which sequence each prediction belongs to
-
-    @property
-    def num_tokens(self) -> int:
-        return int(self.input_ids.shape[0])
-
-    @property
-    def num_seqs(self) -> int:
-        return len(self.seq_lens)
-
-    def to(self, device: torch.device) -> PackedBatch:
-        move = {
-            k: getattr(self, k).to(device)
-            for k in ("input_ids", "positions", "pred_rows", "targets", "pred_seq")
-        }
-        return PackedBatch(
-            **move,
-            seq_lens=self.seq_lens,
-            features=[f.to(device) for f in self.features],
-            num_frames=self.num_frames,
-            clip_index=self.clip_index,
-        )
-
-
-def pack(prompts: list[RenderedPrompt]) -> PackedBatch:
-    """Pack rendered sequences; a clip shared by several sequences (a DPO pair's audio) is
-    encoded once."""
-    ids: list[int] = []
-    positions: list[int] = []
-    pred_rows: list[int] = []
-    targets: list[int] = []
-    pred_seq: list[int] = []
-    features: list[torch.Tensor] = []
-    num_frames: list[int] = []
-    clip_index: list[int] = []
-    seen: dict[bytes, int] = {}
-    for s, p in enumerate(prompts):
-        offset = len(ids)
-        n = len(p.token_ids)
-        ids += p.token_ids
-        positions += range(n)
-        for t in range(1, n):
-            if p.loss_mask[t]:
-                pred_rows.append(offset + t - 1)  # the logits at t-1 predict token t
-                targets.append(p.token_ids[t])
-                pred_seq.append(s)
-        for clip, key in zip(p.audio_clips, p.audio_hashes):
-            if key not in seen:
-                seen[key] = len(features)
-                features.append(clip.features)
-                num_frames.append(clip.num_frames)
-            clip_index.append(seen[key])
-
-    def long(x: list[int]) -> torch.Tensor:
-        return torch.tensor(x, dtype=torch.long)
-
-    return PackedBatch(
-        long(ids),
-        long(positions),
-        [len(p.token_ids) for p in prompts],
-        features,
-        num_frames,
-        clip_index,
-        long(pred_rows),
-        long(targets),
-        long(pred_seq),
-    )

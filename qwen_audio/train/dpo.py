@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import PackedBatch, RowInfo
+from .batching import PackedBatch
+from .data import RowInfo
 from .lora import adapters_disabled, has_lora
 
 

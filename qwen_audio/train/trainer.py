@@ -1,11 +1,10 @@
 """The training loop: LoRA or full finetuning, SFT or DPO, on one CPU or many GPUs.
 
-One optimizer step consumes one global batch of `batch_size x grad_accum x processes` rows. The
-rows of a step are fixed by the seed and the step number alone (see `data.plan_epoch` and
-`data.micro_batches`), and the loss is the sum over the step's trained tokens divided by their
-count over the whole global batch, so the gradient does not depend on how the rows are split
-across processes and accumulation steps. Distribution goes through `accelerate` (DDP, FSDP,
-DeepSpeed from `accelerate launch`, or plain `torchrun`); on CPU the backend is gloo.
+The loss of a step is the sum over its trained tokens (DPO: pairs) divided by their number in
+the whole global batch, so the gradient does not depend on how the rows are split over
+processes and accumulation steps (see `batching.py`). Distribution goes through `accelerate`
+(DDP, FSDP or DeepSpeed from `accelerate launch`, or plain `torchrun`); on CPU the backend is
+gloo.
 """
 
 from __future__ import annotations
@@ -23,23 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..audio import AudioError
 from ..model.kv_cache import AttentionBatch
-from ..prompt import PromptError, RenderedPrompt
 from . import checkpoint as ckpt
 from .adapters import adapter_config, adapter_state, load_adapter_into, read_adapter, write_adapter
-from .data import (
-    DataError,
-    PackedBatch,
-    RowInfo,
-    TrainData,
-    bad_row_report,
-    load_data,
-    micro_batches,
-    pack,
-    plan_epoch,
-    render,
-)
+from .batching import PackedBatch, StepBatches
+from .data import DataError, RowInfo, bad_row_report, load_data
 from .dpo import DPOObjective, DPOOptions, make_reference
 from .export import save_hub_checkpoint
 from .logs import RunLog
@@ -80,6 +67,7 @@ class TrainOptions:
     resume: bool = False
     skip_bad: bool = False
     num_workers: int = 0  # data loader processes that render the next steps' batches
+    cache_mb: int = 1024  # keep rendered rows (audio features) in memory up to this size
     device: str = "auto"
     log_every: int = 1
     progress: bool = True
@@ -90,7 +78,7 @@ class TrainOptions:
 class TrainResult:
     output: Path
     steps: int
-    losses: list[float]  # one per step, this run and the steps it resumed from
+    losses: list[float]  # one per step, including the steps a resumed run started from
     bad_rows: int
 
 
@@ -101,11 +89,9 @@ def token_logprobs(model: nn.Module, batch: PackedBatch) -> torch.Tensor:
     """Log-probability of every trained token of a packed batch: (n,) float32."""
     audio = None
     if batch.features:
-        needs_grad = any(
-            p.requires_grad
-            for p in (*model.audio_tower.parameters(), *model.multi_modal_projector.parameters())
-        )
-        with torch.set_grad_enabled(needs_grad and torch.is_grad_enabled()):
+        audio_params = (*model.audio_tower.parameters(), *model.multi_modal_projector.parameters())
+        needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in audio_params)
+        with torch.set_grad_enabled(needs_grad):
             clips = model.encode_audio(batch.features, batch.num_frames)  # [(N_i, hidden)]
         audio = torch.cat([clips[i] for i in batch.clip_index])  # (A, hidden)
     hidden = model(batch.input_ids, batch.positions, AttentionBatch(batch.seq_lens), audio)
@@ -125,8 +111,7 @@ class TrainForward(nn.Module):
 
 
 class SFTObjective:
-    """Negative log-likelihood of the trained tokens, summed (the trainer divides it by the
-    number of trained tokens in the global batch)."""
+    """Negative log-likelihood of the trained tokens, summed over a micro-batch."""
 
     @staticmethod
     def normalizer(rows: list[RowInfo]) -> float:
@@ -134,55 +119,6 @@ class SFTObjective:
 
     def __call__(self, module: nn.Module, batch: PackedBatch):
         return -module(batch).sum(), {}
-
-
-# ---- data for each step --------------------------------------------------------------------
-
-
-class StepBatches(torch.utils.data.Dataset):
-    """Item `step`: this process's micro-batches of that step, rendered and packed."""
-
-    def __init__(self, data: TrainData, renderer, opts: TrainOptions, rank: int, world: int):
-        self.data, self.renderer, self.opts = data, renderer, opts
-        self.rank, self.world = rank, world
-        self.global_batch = opts.batch_size * opts.grad_accum * world
-        self.steps_per_epoch = len(plan_epoch(data.lengths, 0, opts.seed, self.global_batch))
-        self._plans: dict[int, list[list[int]]] = {}
-
-    def global_rows(self, step: int) -> list[int]:
-        epoch, index = divmod(step, self.steps_per_epoch)
-        if epoch not in self._plans:
-            self._plans = {
-                epoch: plan_epoch(self.data.lengths, epoch, self.opts.seed, self.global_batch)
-            }
-        return self._plans[epoch][index]
-
-    def __len__(self) -> int:
-        return 1 << 62  # indexed by step; the sampler decides the range
-
-    def __getitem__(self, step: int) -> list[PackedBatch]:
-        rows = self.global_rows(step)
-        parts = micro_batches(rows, self.data.lengths, self.rank, self.world, self.opts.grad_accum)
-        return [pack([p for i in part for p in self._render(i)]) for part in parts]
-
-    def _render(self, i: int) -> list[RenderedPrompt]:
-        row = self.data.rows[i]
-        try:
-            return [render(self.renderer, seq) for seq in row.sequences]
-        except (AudioError, PromptError) as e:
-            # Checked before training; only a file changed since then gets here. The row
-            # becomes one token with nothing to learn, so every process still runs the step.
-            log.warning("%s:%d: skipped during training: %s", self.data.path, row.line, e)
-            eos = self.renderer.tokenizer.eos_token_id
-            dummy = RenderedPrompt([eos], [], [], [False], 0)
-            return [dummy] * len(row.sequences)
-
-
-def _identity(x):
-    return x
-
-
-# ---- the loop ------------------------------------------------------------------------------
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str, min_ratio: float) -> float:
@@ -207,10 +143,16 @@ def seed_everything(seed: int) -> None:
 
 def make_accelerator(opts: TrainOptions):
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import DistributedDataParallelKwargs
 
+    if not torch.distributed.is_initialized():
+        # accelerate keeps its settings in process-wide singletons; a second run in the same
+        # process (a notebook, the tests) may want other ones. Nothing to lose in one process.
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
     cpu = opts.device == "cpu" or (opts.device == "auto" and not torch.cuda.is_available())
-    # Parts trained fully may get no gradient in a step without audio.
+    # Parts trained fully get no gradient in a step without audio.
     ddp = DistributedDataParallelKwargs(
         find_unused_parameters=opts.train_projector or opts.train_encoder
     )
@@ -223,255 +165,290 @@ def make_accelerator(opts: TrainOptions):
 
 
 def finetune(opts: TrainOptions) -> TrainResult:
-    from ..llm import load_checkpoint
+    return Trainer(opts).run()
 
-    acc = make_accelerator(opts)
-    main, rank, world = acc.is_main_process, acc.process_index, acc.num_processes
-    logging.basicConfig(level=logging.INFO if main else logging.WARNING)
-    output = Path(opts.output)
-    if opts.device == "cpu" or acc.device.type == "cpu":
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    seed_everything(opts.seed)  # the same on every process: identical adapter init
 
-    base_dtype = opts.dtype
-    if base_dtype == "auto":
-        base_dtype = "bfloat16" if acc.device.type == "cuda" and not opts.full else "float32"
-    checkpoint = load_checkpoint(opts.model, dtype=base_dtype, device=str(acc.device))
-    model, renderer = checkpoint.model, checkpoint.renderer
-    max_length = opts.max_length or checkpoint.config.text.max_position_embeddings
+class Trainer:
+    """Holds a run's pieces: setup in `__init__`, the loop in `run`, checkpoints around it."""
 
-    data = load_data(
-        opts.data,
-        renderer,
-        max_length=max_length,
-        dpo=opts.dpo,
-        rank=rank,
-        world_size=world,
-        progress=opts.progress and main,
-    )
-    if data.bad:
+    def __init__(self, opts: TrainOptions) -> None:
+        from ..llm import load_checkpoint
+
+        self.opts = opts
+        self.acc = acc = make_accelerator(opts)
+        self.main, self.rank, self.world = acc.is_main_process, acc.process_index, acc.num_processes
+        logging.basicConfig(level=logging.INFO if self.main else logging.WARNING)
+        self.output = Path(opts.output)
+        if acc.device.type == "cpu":
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        seed_everything(opts.seed)  # the same on every process: identical adapter init
+
+        dtype = opts.dtype
+        if dtype == "auto":
+            dtype = "bfloat16" if acc.device.type == "cuda" and not opts.full else "float32"
+        base = load_checkpoint(opts.model, dtype=dtype, device=str(acc.device))
+        self.model, self.renderer, self.base_path = base.model, base.renderer, base.path
+        self.data = load_data(
+            opts.data,
+            self.renderer,
+            max_length=opts.max_length or base.config.text.max_position_embeddings,
+            dpo=opts.dpo,
+            rank=self.rank,
+            world_size=self.world,
+            progress=opts.progress and self.main,
+        )
+        self._check_bad_rows()
+        self.parts = TrainableParts(
+            lm=opts.full, projector=opts.train_projector, encoder=opts.train_encoder
+        )
+        self._prepare_model()
+        self.objective = self._make_objective()  # DPO's frozen reference: the weights as loaded
+
+        self.named_params = trainable_parameters(self.model)
+        self.steps = StepBatches(
+            self.data,
+            self.renderer,
+            batch_size=opts.batch_size,
+            grad_accum=opts.grad_accum,
+            seed=opts.seed,
+            rank=self.rank,
+            world_size=self.world,
+            cache_bytes=opts.cache_mb * 2**20,
+        )
+        self.total = opts.max_steps or opts.epochs * self.steps.steps_per_epoch
+        warmup = opts.warmup_steps
+        if warmup is None:
+            warmup = round(opts.warmup_ratio * self.total)
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": [p for _, p in self.named_params if p.ndim >= 2]},
+                {"params": [p for _, p in self.named_params if p.ndim < 2], "weight_decay": 0.0},
+            ],
+            lr=opts.lr,
+            weight_decay=opts.weight_decay,
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda s: lr_factor(s, self.total, warmup, opts.schedule, opts.min_lr_ratio),
+        )
+        self.module, self.optimizer = acc.prepare(TrainForward(self.model), optimizer)
+        self.state = {"step": 0, "losses": [], "tokens": 0, "elapsed_s": 0.0}
+        if opts.resume:
+            self._resume()
+
+    # ---- setup ---------------------------------------------------------------------------
+
+    def _check_bad_rows(self) -> None:
+        data = self.data
+        if not data.bad:
+            return
         report = bad_row_report(data)
-        if not opts.skip_bad:
+        if not self.opts.skip_bad:
             raise DataError(
                 f"{len(data.bad)} of {data.total_rows} rows of {data.path} cannot be used "
                 f"(pass --skip-bad to train on the rest):\n{report}"
             )
-        if main:
+        if self.main:
             log.warning("skipping %d bad row(s):\n%s", len(data.bad), report)
 
-    parts = TrainableParts(lm=opts.full, projector=opts.train_projector, encoder=opts.train_encoder)
-    if not opts.full:
-        if opts.lora.encoder and opts.train_encoder:
-            raise ValueError("--lora-encoder and --train-encoder exclude each other")
-        add_lora(model, opts.lora)
-    set_trainable(model, parts)
-    for p in model.parameters():  # trained weights in float32, whatever the base dtype
-        if p.requires_grad and p.dtype != torch.float32:
-            p.data = p.data.float()
-    model.language_model.model.gradient_checkpointing = opts.gradient_checkpointing
-    model.audio_tower.gradient_checkpointing = opts.gradient_checkpointing
-    model.train()
+    def _prepare_model(self) -> None:
+        opts, model = self.opts, self.model
+        if not opts.full:
+            if opts.lora.encoder and opts.train_encoder:
+                raise ValueError("--lora-encoder and --train-encoder exclude each other")
+            add_lora(model, opts.lora)
+        set_trainable(model, self.parts)
+        for p in model.parameters():  # trained weights in float32, whatever the base dtype
+            if p.requires_grad and p.dtype != torch.float32:
+                p.data = p.data.float()
+        model.language_model.model.gradient_checkpointing = opts.gradient_checkpointing
+        model.audio_tower.gradient_checkpointing = opts.gradient_checkpointing
+        model.train()
 
-    if opts.dpo:
+    def _make_objective(self):
+        if not self.opts.dpo:
+            return SFTObjective()
 
-        def reference_forward(m, batch):
-            with acc.autocast():
+        def reference_forward(m: nn.Module, batch: PackedBatch) -> torch.Tensor:
+            with self.acc.autocast():
                 return token_logprobs(m, batch)
 
-        objective = DPOObjective(opts.dpo_options, make_reference(model, reference_forward))
-    else:
-        objective = SFTObjective()
+        return DPOObjective(self.opts.dpo_options, make_reference(self.model, reference_forward))
 
-    named = trainable_parameters(model)
-    decay = [p for n, p in named if p.ndim >= 2]
-    no_decay = [p for n, p in named if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": opts.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=opts.lr,
-    )
-    steps = StepBatches(data, renderer, opts, rank, world)
-    total = opts.max_steps or opts.epochs * steps.steps_per_epoch
-    warmup = (
-        opts.warmup_steps if opts.warmup_steps is not None else round(opts.warmup_ratio * total)
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total, warmup, opts.schedule, opts.min_lr_ratio)
-    )
-    module, optimizer = acc.prepare(TrainForward(model), optimizer)
+    # ---- the loop ------------------------------------------------------------------------
 
-    state = {"step": 0, "losses": [], "tokens": 0, "elapsed_s": 0.0}
-    if opts.resume:
-        state = _resume(output, model, optimizer, scheduler, opts, world, rank) or state
-    start = state["step"]
-    if main:
-        output.mkdir(parents=True, exist_ok=True)
-        (output / "train_options.json").write_text(json.dumps(_jsonable(opts), indent=2) + "\n")
-        run_log = RunLog(output / "logs", resume_step=start, tensorboard=opts.tensorboard)
-        n_train = sum(p.numel() for _, p in named)
-        log.info(
-            "%s%s: %d rows, %d steps (%d per epoch, global batch %d), %.2fM trained weights",
-            "full" if opts.full else "LoRA",
-            " DPO" if opts.dpo else "",
-            len(data),
-            total,
-            steps.steps_per_epoch,
-            steps.global_batch,
-            n_train / 1e6,
+    def run(self) -> TrainResult:
+        opts, acc, steps = self.opts, self.acc, self.steps
+        start = self.state["step"]
+        run_log = bar = None
+        if self.main:
+            self.output.mkdir(parents=True, exist_ok=True)
+            options = json.dumps(_jsonable(opts), indent=2)
+            (self.output / "train_options.json").write_text(options + "\n")
+            run_log = RunLog(self.output / "logs", resume_step=start, tensorboard=opts.tensorboard)
+            log.info(
+                "%s%s: %d rows, %d steps (%d per epoch, global batch %d), %.2fM trained weights",
+                "full" if opts.full else "LoRA",
+                " DPO" if opts.dpo else "",
+                len(self.data),
+                self.total,
+                steps.steps_per_epoch,
+                steps.global_batch,
+                sum(p.numel() for _, p in self.named_params) / 1e6,
+            )
+            if opts.progress:
+                from tqdm import tqdm
+
+                bar = tqdm(total=self.total, initial=start, desc="training", unit="step")
+        loader = torch.utils.data.DataLoader(
+            steps,
+            batch_size=None,
+            sampler=range(start, self.total),
+            num_workers=opts.num_workers,
+            collate_fn=_identity,
         )
+        t0 = time.perf_counter()
+        for step, micro in zip(range(start, self.total), loader):
+            metrics = self.train_step(step, micro)
+            dt = time.perf_counter() - t0
+            self.state["step"] = step + 1
+            self.state["losses"].append(metrics["loss"])
+            self.state["tokens"] += metrics["step_tokens"]
+            self.state["elapsed_s"] += dt
+            if self.main:
+                metrics |= {
+                    "step": step + 1,
+                    "epoch": (step + 1) / steps.steps_per_epoch,
+                    "tokens": self.state["tokens"],
+                    "tokens_per_s": metrics["step_tokens"] / dt,
+                    "samples_per_s": steps.global_batch / dt,
+                    "elapsed_s": self.state["elapsed_s"],
+                }
+                if (step + 1) % opts.log_every == 0 or step + 1 == self.total:
+                    run_log.write(metrics)
+                if bar is not None:
+                    bar.set_postfix(
+                        loss=f"{metrics['loss']:.4f}",
+                        lr=f"{metrics['lr']:.2e}",
+                        tok_s=f"{metrics['tokens_per_s']:.0f}",
+                    )
+                    bar.update(1)
+            if opts.save_every and (step + 1) % opts.save_every == 0 and step + 1 < self.total:
+                self.save_checkpoint()
+            t0 = time.perf_counter()
+        if bar is not None:
+            bar.close()
+        acc.wait_for_everyone()
+        if self.main:
+            self.write_weights(self.output)
+            run_log.close()
+            log.info("wrote %s", self.output)
+        acc.wait_for_everyone()
+        s = self.state
+        return TrainResult(self.output, s["step"], s["losses"], len(self.data.bad))
 
-    loader = torch.utils.data.DataLoader(
-        steps,
-        batch_size=None,
-        sampler=range(start, total),
-        num_workers=opts.num_workers,
-        collate_fn=_identity,
-    )
-    bar = None
-    if main and opts.progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, initial=start, desc="training", unit="step")
-    params = [p for _, p in named]
-    t0 = time.perf_counter()
-    for step, micro in zip(range(start, total), loader):
-        lr = scheduler.get_last_lr()[0]  # the rate this step's update uses
-        infos = [data.info[i] for i in steps.global_rows(step)]
-        scale = world * opts.grad_accum / objective.normalizer(infos)
-        sums = {"loss": torch.zeros((), device=acc.device)}
+    def train_step(self, step: int, micro: list[PackedBatch]) -> dict[str, float]:
+        """One optimizer step over this process's micro-batches; metrics over all processes."""
+        acc, opts, objective = self.acc, self.opts, self.objective
+        lr = self.scheduler.get_last_lr()[0]  # the rate this step's update uses
+        rows = [self.data.info[i] for i in self.steps.global_rows(step)]
+        norm = objective.normalizer(rows)
+        # accelerate divides by grad_accum and DDP averages over processes: undo both.
+        scale = self.world * opts.grad_accum / norm
+        sums: dict[str, torch.Tensor] = {"loss": torch.zeros((), device=acc.device)}
         grad_norm = None
         for batch in micro:
-            with acc.accumulate(module):
-                loss_sum, metrics = objective(module, batch.to(acc.device))
+            with acc.accumulate(self.module):
+                loss_sum, extra = objective(self.module, batch.to(acc.device))
                 acc.backward(loss_sum * scale)
-                sums["loss"] += loss_sum.detach()
-                for k, v in metrics.items():
-                    sums[k] = sums.get(k, 0) + v
+                sums["loss"] += loss_sum.detach().float()
+                for k, v in extra.items():
+                    sums[k] = sums.get(k, 0) + v.float()
                 if acc.sync_gradients:
                     if opts.max_grad_norm > 0:
+                        params = [p for _, p in self.named_params]
                         grad_norm = acc.clip_grad_norm_(params, opts.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
+                    self.optimizer.step()
+                    self.scheduler.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+        if not acc.sync_gradients:
+            raise RuntimeError("gradient accumulation went out of step with the optimizer steps")
         keys = sorted(sums)
-        totals = torch.stack([torch.as_tensor(sums[k], device=acc.device).float() for k in keys])
-        if world > 1:
+        totals = torch.stack([sums[k].reshape(()) for k in keys])
+        if self.world > 1:
             totals = acc.reduce(totals, reduction="sum")
-        norm = objective.normalizer(infos)
-        reduced = {k: float(v) / norm for k, v in zip(keys, totals)}
-        dt, t0 = time.perf_counter() - t0, time.perf_counter()
-        tokens = sum(i.num_tokens for i in infos)
-        state["step"] = step + 1
-        state["losses"].append(reduced["loss"])
-        state["tokens"] += tokens
-        state["elapsed_s"] += dt
-        if main:
-            metrics = {
-                "step": step + 1,
-                "epoch": (step + 1) / steps.steps_per_epoch,
-                "lr": lr,
-                "grad_norm": float(grad_norm) if grad_norm is not None else None,
-                "tokens": state["tokens"],
-                "tokens_per_s": tokens / dt,
-                "samples_per_s": len(infos) / dt,
-                "elapsed_s": state["elapsed_s"],
-                **reduced,
-            }
-            if (step + 1) % opts.log_every == 0 or step + 1 == total:
-                run_log.write(metrics)
-            if bar is not None:
-                bar.set_postfix(
-                    loss=f"{reduced['loss']:.4f}",
-                    lr=f"{metrics['lr']:.2e}",
-                    tok_s=f"{tokens / dt:.0f}",
-                )
-                bar.update(1)
-        if opts.save_every and (step + 1) % opts.save_every == 0 and step + 1 < total:
-            _save(acc, output, model, optimizer, scheduler, opts, parts, state, world)
-    if bar is not None:
-        bar.close()
+        metrics = {k: float(v) / norm for k, v in zip(keys, totals.tolist())}
+        metrics["lr"] = lr
+        metrics["grad_norm"] = None if grad_norm is None else float(grad_norm)
+        metrics["step_tokens"] = sum(r.num_tokens for r in rows)
+        return metrics
 
-    acc.wait_for_everyone()
-    if main:
-        _write_weights(output, model, opts, parts)
-        run_log.close()
-        log.info("wrote %s", output)
-    acc.wait_for_everyone()
-    return TrainResult(output, state["step"], state["losses"], len(data.bad))
+    # ---- outputs and checkpoints ---------------------------------------------------------
 
-
-# ---- outputs and checkpoints ---------------------------------------------------------------
-
-
-def _write_weights(
-    folder: Path, model: nn.Module, opts: TrainOptions, parts: TrainableParts
-) -> None:
-    """A PEFT adapter (LoRA) or a full hub-layout checkpoint (full finetuning) in `folder`."""
-    if opts.full:
-        save_hub_checkpoint(model, opts.model, folder)
-    else:
-        config = adapter_config(model, opts.lora, parts, str(opts.model))
-        write_adapter(folder, adapter_state(model, parts), config)
-
-
-def _save(acc, output, model, optimizer, scheduler, opts, parts, state, world) -> None:
-    root = ckpt.checkpoints_root(output)
-    step = state["step"]
-    if acc.is_main_process:
-        ckpt.start_checkpoint(root, step)
-    acc.wait_for_everyone()
-    tmp = ckpt.temp_dir(root, step)
-    ckpt.save_rng(tmp, acc.process_index)
-    if acc.is_main_process:
-        _write_weights(tmp, model, opts, parts)
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        global_batch = opts.batch_size * opts.grad_accum * world
-        ckpt.write_state(tmp, {**state, "global_batch": global_batch, "world_size": world})
-    acc.wait_for_everyone()
-    if acc.is_main_process:
-        ckpt.commit_checkpoint(root, step, opts.keep_last)
-    acc.wait_for_everyone()
-
-
-def _resume(output, model, optimizer, scheduler, opts, world, rank) -> dict | None:
-    folder = ckpt.latest_checkpoint(output)
-    if folder is None:
-        log.warning("--resume: no checkpoint in %s, starting from step 0", output)
-        return None
-    state = ckpt.read_state(folder)
-    global_batch = opts.batch_size * opts.grad_accum * world
-    if state["global_batch"] != global_batch:
-        raise ValueError(
-            f"{folder} was trained with a global batch of {state['global_batch']} rows; this run "
-            f"has {global_batch}: the data position would not match (keep batch size x grad "
-            "accum x processes the same)"
+    def write_weights(self, folder: Path) -> None:
+        """A PEFT adapter (LoRA) or a full hub-layout checkpoint (full finetuning)."""
+        if self.opts.full:
+            save_hub_checkpoint(self.model, self.base_path, folder)
+            return
+        config = adapter_config(
+            self.model, self.opts.lora, self.parts, str(self.base_path.resolve())
         )
-    if opts.full:
-        from safetensors.torch import load_file
+        write_adapter(folder, adapter_state(self.model, self.parts), config)
 
-        from ..model.loader import weight_files
+    def save_checkpoint(self) -> None:
+        acc, step = self.acc, self.state["step"]
+        root = ckpt.checkpoints_root(self.output)
+        if self.main:
+            ckpt.start_checkpoint(root, step)
+        acc.wait_for_everyone()
+        tmp = ckpt.temp_dir(root, step)
+        ckpt.save_rng(tmp, self.rank)
+        if self.main:
+            self.write_weights(tmp)
+            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
+            extra = {"global_batch": self.steps.global_batch, "world_size": self.world}
+            ckpt.write_state(tmp, {**self.state, **extra})  # last: marks the folder complete
+        acc.wait_for_everyone()
+        if self.main:
+            ckpt.commit_checkpoint(root, step, self.opts.keep_last)
+        acc.wait_for_everyone()
 
-        with torch.no_grad():
-            for f in weight_files(folder):
-                for name, value in load_file(str(f)).items():
-                    model.get_parameter(name).copy_(value)
-    else:
-        load_adapter_into(model, read_adapter(folder))
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=False))
-    if not ckpt.load_rng(folder, rank):
-        log.warning("%s has no random state for process %d: reseeding", folder, rank)
-        seed_everything(opts.seed + state["step"] + 1000 * rank)
-    log.info("resumed from %s (step %d)", folder, state["step"])
-    return state
+    def _resume(self) -> None:
+        folder = ckpt.latest_checkpoint(self.output)
+        if folder is None:
+            log.warning("--resume: no checkpoint in %s, starting from step 0", self.output)
+            return
+        state = ckpt.read_state(folder)
+        if state["global_batch"] != self.steps.global_batch:
+            raise ValueError(
+                f"{folder} was trained with a global batch of {state['global_batch']} rows and "
+                f"this run has {self.steps.global_batch}, so the data position would not match: "
+                "keep batch size x grad accum x processes the same"
+            )
+        if self.opts.full:
+            from safetensors.torch import load_file
+
+            from ..model.loader import weight_files
+
+            with torch.no_grad():
+                for f in weight_files(folder):
+                    for name, value in load_file(str(f)).items():
+                        self.model.get_parameter(name).copy_(value)
+        else:
+            load_adapter_into(self.model, read_adapter(folder))
+        self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+        self.scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
+        if not ckpt.load_rng(folder, self.rank):
+            log.warning("%s has no random state for process %d: reseeding", folder, self.rank)
+            seed_everything(self.opts.seed + state["step"] + 1000 * self.rank)
+        self.state = {k: state[k] for k in self.state}
+        log.info("resumed from %s at step %d", folder, state["step"])
+
+
+def _identity(x):
+    return x
 
 
 def _jsonable(opts: TrainOptions) -> dict:
-    out = asdict(opts)
-    for k, v in out.items():
-        if isinstance(v, Path):
-            out[k] = str(v)
-    return out
+    return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(opts).items()}
