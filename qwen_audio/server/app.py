@@ -1,0 +1,272 @@
+"""FastAPI routes (thin: each calls one handler) and `create_app(engine, settings)`."""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .engine_calls import ClientGone
+from .handlers import Handlers
+from .protocol import APIError, ChatCompletionRequest, CompletionRequest
+from .settings import ServerSettings
+from .transcription import AudioForm
+
+log = logging.getLogger("qwen_audio.server")
+STATIC = Path(__file__).parent / "static"
+ENDPOINTS = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "completions",
+    "/v1/audio/transcriptions": "transcriptions",
+    "/v1/audio/translations": "translations",
+    "/v1/models": "models",
+    "/health": "health",
+    "/metrics": "metrics",
+    "/": "page",
+}
+# The page loads nothing from elsewhere; recorded audio plays from blob: URLs.
+PAGE_CSP = (
+    "default-src 'self'; media-src 'self' blob: data:; img-src 'self' data:; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+
+
+def endpoint_of(path: str) -> str:
+    if path.startswith("/static/"):
+        return "static"
+    if path.startswith("/v1/models/"):
+        return "models"
+    return ENDPOINTS.get(path, "other")
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """Refuses request bodies over `max_bytes`: at once when Content-Length says so, otherwise
+    while the body arrives (chunked uploads)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            response = JSONResponse(body_too_large(self.max_bytes).body(), status_code=413)
+            return await response(scope, receive, send)
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise BodyTooLarge()
+            return message
+
+        await self.app(scope, limited, send)
+
+
+def body_too_large(max_bytes: int) -> APIError:
+    return APIError(
+        413,
+        f"request body is larger than the limit of {max_bytes / 2**20:.1f} MB",
+        code="request_too_large",
+    )
+
+
+class CountRequests:
+    """Counts every answered request by endpoint and status, errors included."""
+
+    def __init__(self, app: ASGIApp, handlers: Handlers):
+        self.app = app
+        self.handlers = handlers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = [499]  # stays so when the client left before the answer
+
+        async def capture(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, capture)
+        except Exception:
+            status[0] = 500  # answered by the outermost error middleware
+            raise
+        finally:
+            self.handlers.metrics.request_done(endpoint_of(scope["path"]), status[0])
+
+
+def validation_error(exc: RequestValidationError) -> APIError:
+    errors = list(exc.errors())
+    # A content part of an unknown type fails every branch of the union; its tag error is the
+    # one that says what is wrong.
+    # Otherwise the deepest error: for `content: str | list[part]` the list branch's error
+    # names the field that is wrong.
+    tagged = [e for e in errors if e.get("type") in ("union_tag_invalid", "union_tag_not_found")]
+    errors = sorted(tagged or errors, key=lambda e: -len(e.get("loc", ())))
+    e = (errors or [{"loc": (), "msg": "invalid request", "type": ""}])[0]
+    param, previous = "", None
+    for part in e.get("loc", ()):
+        # skip "body", and the tag of a content part (its type repeats as its field's name)
+        if (part == "body" and not param) or part == previous:
+            continue
+        previous = part
+        if isinstance(part, int):
+            param += f"[{part}]"
+        elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(part)) and part not in (
+            "str",
+            "int",
+            "float",
+            "bool",
+            "none",
+            "list",
+        ):
+            param += f".{part}" if param else str(part)
+    kind = e.get("type", "")
+    if kind == "json_invalid":
+        return APIError(400, f"malformed JSON: {e.get('msg')}", code="invalid_json")
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        tag = (e.get("ctx") or {}).get("tag", "")
+        message = f"unknown content part type {tag!r}; expected text, input_audio or audio_url"
+        return APIError(400, message, param=param or None, code="invalid_content_part")
+    msg = e.get("msg", "invalid value").removeprefix("Value error, ")
+    where = f"{param}: " if param else ""
+    return APIError(400, f"{where}{msg}", param=param or None, code="invalid_value")
+
+
+def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
+    settings = settings or ServerSettings()
+    handlers = Handlers(engine, settings)
+    app = FastAPI(title="qwen-audio", docs_url=None, redoc_url=None)
+    app.state.handlers = handlers
+    app.state.settings = settings
+
+    def error_response(request: Request, err: APIError) -> JSONResponse:
+        handlers.metrics.error(endpoint_of(request.url.path), err.code or err.type)
+        return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+    @app.exception_handler(APIError)
+    async def on_api_error(request: Request, exc: APIError):
+        return error_response(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request: Request, exc: RequestValidationError):
+        return error_response(request, validation_error(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException):
+        if isinstance(exc.__cause__, BodyTooLarge):
+            return error_response(request, body_too_large(settings.max_body_bytes))
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        err = APIError(exc.status_code, str(exc.detail), code=code, headers=exc.headers)
+        return error_response(request, err)
+
+    @app.exception_handler(ClientGone)
+    async def on_client_gone(request: Request, exc: ClientGone):
+        return Response(status_code=499)  # nobody reads it; logs and metrics do
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(request: Request, exc: Exception):
+        log.exception("unexpected error on %s", request.url.path)
+        return error_response(
+            request, APIError(500, "internal server error", code="internal_error")
+        )
+
+    def check_key(request: Request) -> None:
+        if settings.api_key is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        expected = settings.api_key.encode()
+        if scheme.lower() != "bearer" or not secrets.compare_digest(
+            token.strip().encode(), expected
+        ):
+            raise APIError(
+                401,
+                "missing or wrong API key (send `Authorization: Bearer <key>`)",
+                code="invalid_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    auth = [Depends(check_key)]
+
+    @app.post("/v1/chat/completions", dependencies=auth)
+    async def chat_completions(body: ChatCompletionRequest, request: Request):
+        return await handlers.chat(body, request)
+
+    @app.post("/v1/completions", dependencies=auth)
+    async def completions(body: CompletionRequest, request: Request):
+        return await handlers.completion(body, request)
+
+    def audio_route(path: str, translate: bool):
+        @app.post(path, dependencies=auth)
+        async def audio(
+            request: Request,
+            file: UploadFile = File(...),
+            model: str | None = Form(None),
+            language: str | None = Form(None),
+            prompt: str | None = Form(None),
+            response_format: str = Form("json"),
+            temperature: float = Form(0.0),
+            stream: bool = Form(False),
+        ):
+            form = AudioForm(model, language, prompt, response_format, temperature, stream)
+            return await handlers.transcribe(request, file, form, translate)
+
+    audio_route("/v1/audio/transcriptions", translate=False)
+    audio_route("/v1/audio/translations", translate=True)
+
+    @app.get("/v1/models", dependencies=auth)
+    async def models():
+        return handlers.models()
+
+    @app.get("/v1/models/{model_id:path}", dependencies=auth)
+    async def model(model_id: str):
+        cards = [c for c in handlers.models()["data"] if c["id"] == model_id]
+        if not cards:
+            raise APIError(404, f"model {model_id!r} is not served here", code="model_not_found")
+        return cards[0]
+
+    @app.get("/health")
+    async def health():
+        return handlers.health()
+
+    @app.get("/metrics", dependencies=auth)
+    async def metrics():
+        return handlers.metrics_text()
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": PAGE_CSP})
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(CountRequests, handlers=handlers)
+    return app

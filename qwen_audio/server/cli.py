@@ -1,0 +1,145 @@
+"""`qwen-audio serve`: argument parsing, then AsyncLLM + uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .settings import ServerSettings
+
+API_KEY_ENV = "QWEN_AUDIO_API_KEY"
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def add_serve_subcommand(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    d = ServerSettings()
+    p = subparsers.add_parser(
+        "serve",
+        help="OpenAI-compatible HTTP server with a web page",
+        description="Serve a Qwen2-Audio checkpoint over an OpenAI-compatible HTTP API, with a "
+        "voice-chat web page at /.",
+    )
+    p.add_argument("--model", required=True, help="checkpoint folder (or hub id)")
+    p.add_argument("--host", default=d.host, help="bind address (default: loopback only)")
+    p.add_argument("--port", type=int, default=d.port)
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+    p.add_argument("--device", default=None, help="cpu or cuda (default: the engine's choice)")
+    p.add_argument("--quantize", default=None, choices=["int8"])
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get(API_KEY_ENV),
+        help=f"require `Authorization: Bearer KEY` on /v1/* and /metrics (or set {API_KEY_ENV})",
+    )
+    p.add_argument(
+        "--allowed-local-media-path",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="allow file:// audio URLs under DIR (repeatable)",
+    )
+    p.add_argument(
+        "--allow-remote-audio",
+        action="store_true",
+        help="fetch http(s) audio URLs (public addresses only)",
+    )
+    p.add_argument(
+        "--remote-audio-domains",
+        type=_csv,
+        default=[],
+        metavar="A,B",
+        help="with --allow-remote-audio: only these domains and their subdomains",
+    )
+    p.add_argument("--cors-origins", type=_csv, default=[], metavar="A,B", help="CORS origins")
+    p.add_argument("--max-upload-mb", type=float, default=d.max_upload_mb)
+    p.add_argument("--max-audio-seconds", type=float, default=d.max_audio_seconds)
+    p.add_argument("--max-audios-per-request", type=int, default=d.max_audios_per_request)
+    p.add_argument("--request-timeout", type=float, default=d.request_timeout_s, metavar="S")
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=d.max_queue,
+        help="requests waiting for the engine beyond which the server answers 429",
+    )
+    p.add_argument(
+        "--asr-style",
+        default=d.asr_style,
+        choices=["auto", "chat", "base"],
+        help="transcription prompts: chat (Instruct), base (raw ASR prompt) or auto (by name)",
+    )
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(func=serve)
+    return p
+
+
+def settings_from_args(args: argparse.Namespace) -> ServerSettings:
+    return ServerSettings(
+        host=args.host,
+        port=args.port,
+        api_key=args.api_key or None,
+        cors_origins=args.cors_origins,
+        allowed_local_media_paths=[Path(p) for p in args.allowed_local_media_path],
+        allow_remote_audio=args.allow_remote_audio,
+        remote_audio_domains=args.remote_audio_domains,
+        max_upload_mb=args.max_upload_mb,
+        max_audio_seconds=args.max_audio_seconds,
+        max_audios_per_request=args.max_audios_per_request,
+        request_timeout_s=args.request_timeout,
+        max_queue=args.max_queue,
+        asr_style=args.asr_style,
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from qwen_audio import AsyncLLM
+
+    from .app import create_app
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    settings = settings_from_args(args)
+    if not _is_loopback(settings.host) and not settings.api_key:
+        print(
+            f"warning: listening on {settings.host} without an API key; anyone who can reach "
+            f"this port can use the model (set --api-key or {API_KEY_ENV})",
+            file=sys.stderr,
+        )
+    kwargs = {"dtype": args.dtype, "quantize": args.quantize}
+    if args.device:
+        kwargs["device"] = args.device
+    engine = AsyncLLM(args.model, **kwargs)
+    app = create_app(engine, settings)
+    try:
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level.lower())
+    finally:
+        if hasattr(engine, "shutdown"):
+            engine.shutdown()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m qwen_audio.server.cli serve ...`, the same as `qwen-audio serve ...`."""
+    parser = argparse.ArgumentParser(prog="qwen-audio")
+    add_serve_subcommand(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""Every option of `qwen-audio serve` in one dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MB = 1024 * 1024
+
+
+@dataclass
+class ServerSettings:
+    # Network and access
+    host: str = "127.0.0.1"  # loopback only unless the user asks for more
+    port: int = 8000
+    api_key: str | None = None  # when set, /v1/* and /metrics need `Authorization: Bearer <key>`
+    cors_origins: list[str] = field(default_factory=list)  # empty: no CORS headers at all
+
+    # Media inputs
+    allowed_local_media_paths: list[Path] = field(default_factory=list)  # file:// roots
+    allow_remote_audio: bool = False  # http(s) audio_url fetching is off by default
+    remote_audio_domains: list[str] = field(default_factory=list)  # empty: any public host
+    max_upload_mb: float = 25.0  # audio bytes per request (uploads, base64 payloads, downloads)
+    max_audio_seconds: float = 1200.0  # per decoded audio
+    max_audios_per_request: int = 8
+    remote_timeout_s: float = 10.0  # whole download, redirects included
+    max_redirects: int = 3
+
+    # Load and time limits
+    request_timeout_s: float = 600.0  # whole request, from admission to the last token
+    max_queue: int = 64  # admitted requests not yet running in the engine; more get 429
+    retry_after_s: int = 1  # the Retry-After header of a 429
+
+    # Generation defaults the OpenAI API leaves to the server
+    default_max_tokens: int = 1024  # chat completions without max_tokens
+    default_completion_max_tokens: int = 16  # /v1/completions, as OpenAI's documented default
+    transcription_max_tokens: int = 448  # per 30 s window, Whisper's decoder limit
+    # How transcription/translation prompts are written: "chat" (Instruct), "base" (raw ASR
+    # prompt) or "auto" (chat when the model name contains "instruct").
+    asr_style: str = "auto"
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * MB)
+
+    @property
+    def max_body_bytes(self) -> int:
+        # A JSON body carries audio as base64 (4 bytes per 3), plus room for the text fields.
+        return self.max_upload_bytes * 4 // 3 + MB
