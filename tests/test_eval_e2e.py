@@ -2,22 +2,22 @@
 
 The numbers are meaningless with random weights; the test checks the plumbing with a real model:
 files, resume, two-process sharding (torchrun, gloo) giving the same predictions and metrics as
-one process, the report and the plot. Every run is a subprocess with one thread and batch size 1,
+one process, the report and the plot. Every process computes with one thread and batch size 1,
 so each sample's arithmetic is the same in every run.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 
 import pytest
+import torch
 
+from qwen_audio.eval.runner import run_eval
 from qwen_audio.eval.score import read_predictions
 from tests.conftest import has_program
-from tests.test_eval_runner import REPO, torchrun
+from tests.test_eval_runner import REPORT_RESULT, torchrun
 
 SENTENCES = [
     "the quick brown fox jumps over the lazy dog",
@@ -31,25 +31,22 @@ SCRIPT = """
 import json, sys
 from qwen_audio.eval.runner import run_eval
 
-model, data, out, limit = sys.argv[1:5]
+model, data, out = sys.argv[1:4]
 result = run_eval("librispeech", data, out, model=model, batch_size=1, max_tokens=6,
-                  limit=int(limit) if limit != "all" else None, dtype="float32", progress=False)
-print("RESULT", json.dumps({"metrics": result.metrics, "predicted": result.predicted}))
+                  dtype="float32", progress=False)
 """
 
 
-def _python(script, *args) -> dict:
-    """Run `script` as one process (one thread, as torchrun's ranks); its RESULT line."""
-    proc = subprocess.run(
-        [sys.executable, str(script), *args],
-        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    (line,) = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-    return json.loads(line[7:])
+def _one_thread_run(model, data, out, limit=None) -> dict:
+    """run_eval in this process with one thread, as each torchrun rank computes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = run_eval("librispeech", data, out, model=str(model), batch_size=1, max_tokens=6,
+                          limit=limit, dtype="float32", progress=False)  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    return {"metrics": result.metrics, "predicted": result.predicted}
 
 
 @pytest.mark.slow
@@ -68,18 +65,19 @@ def test_eval_run_with_random_checkpoint(checkpoints, tmp_path):
                      "prompt": "Detect the language and recognize the speech: <|en|>"})  # fmt: skip
     (data / "librispeech_eval.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     script = tmp_path / "run.py"
-    script.write_text(SCRIPT)
+    script.write_text(SCRIPT + REPORT_RESULT)
 
     single = tmp_path / "single"
-    first = _python(script, str(model), str(data), str(single), "2")
+    first = _one_thread_run(model, data, single, limit=2)
     assert first["predicted"] == 2 and set(first["metrics"]) == {
         "librispeech_test_clean",
         "librispeech_dev_other",
     }
-    resumed = _python(script, str(model), str(data), str(single), "all")  # picks up the rest
+    resumed = _one_thread_run(model, data, single)  # picks up the rest
     assert resumed["predicted"] == 3
 
-    results = torchrun(script, str(model), str(data), str(tmp_path / "sharded"), "all")
+    sharded_dir = tmp_path / "sharded"
+    results = torchrun(script, str(model), str(data), str(sharded_dir), out=sharded_dir)
     assert sorted(r["predicted"] for r in results) == [2, 3]
     sharded = next(r for r in results if r["metrics"] is not None)
     assert sharded["metrics"] == resumed["metrics"]

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from qwen_audio.eval.runner import EvalRequest, run_eval
+from qwen_audio.eval.predictors import EvalRequest
+from qwen_audio.eval.runner import run_eval
 from qwen_audio.eval.score import read_predictions, score_predictions
 
 REPO = Path(__file__).resolve().parents[1]
@@ -140,9 +141,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-SHARD_SCRIPT = (
-    PREDICTOR_SRC
-    + """
+# Each process leaves its result beside the output folder (the stdout of torchrun's workers
+# can lose lines when the launcher exits first).
+REPORT_RESULT = """
+import os
+from pathlib import Path
+Path(f"{out}.result{os.environ.get('RANK', '0')}.json").write_text(
+    json.dumps({"metrics": result.metrics, "predicted": result.predicted}))
+"""
+
+SHARD_SCRIPT = PREDICTOR_SRC + """
 import json, sys
 from qwen_audio.eval.runner import run_eval
 
@@ -150,19 +158,28 @@ data, out = sys.argv[1], sys.argv[2]
 gts = {json.loads(l)["id"]: json.loads(l)["gt"] for l in open(data + "/librispeech_eval.jsonl")}
 result = run_eval("librispeech", data, out, predict_fn=make_predictor(gts), batch_size=2,
                   progress=False)
-print("RESULT", json.dumps({"metrics": result.metrics, "predicted": result.predicted}))
-"""
-)
+""" + REPORT_RESULT  # fmt: skip
 
 
-def torchrun(script: Path, *args: str, nproc: int = 2, timeout: int = 300) -> list[dict]:
-    """Run `script` under torchrun on CPU (gloo); the RESULT lines of all ranks."""
+def read_results(out: Path) -> list[dict]:
+    """The results the processes of one run left for `out` (removed once read)."""
+    files = sorted(out.parent.glob(out.name + ".result*.json"))
+    results = [json.loads(f.read_text()) for f in files]
+    for f in files:
+        f.unlink()
+    return results
+
+
+def torchrun(script: Path, *args: str, out: Path, nproc: int = 2) -> list[dict]:
+    """Run `script` under torchrun on CPU (gloo); the results of all ranks for `out`."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
            "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(script), *args]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return [json.loads(line[7:]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    results = read_results(out)
+    assert len(results) == nproc, proc.stderr[-4000:]
+    return results
 
 
 def test_two_process_sharding_equals_one_process(dataset, tmp_path):
@@ -171,7 +188,7 @@ def test_two_process_sharding_equals_one_process(dataset, tmp_path):
                       batch_size=2, progress=False)  # fmt: skip
     script = tmp_path / "shard.py"
     script.write_text(SHARD_SCRIPT)
-    results = torchrun(script, str(data), str(tmp_path / "sharded"))
+    results = torchrun(script, str(data), str(tmp_path / "sharded"), out=tmp_path / "sharded")
 
     assert len(results) == 2
     assert sorted(r["predicted"] for r in results) == [3, 4]  # rows i % 2 == rank
@@ -186,7 +203,6 @@ def test_two_process_sharding_equals_one_process(dataset, tmp_path):
 
 
 def test_chat_task_without_judge_stops_after_predicting(tmp_path):
-    (tmp_path / "a.wav").write_bytes(b"")
     sf.write(tmp_path / "a.wav", np.zeros(16000), 16000)
     row = {"audio": "a.wav", "prompt": "What is it?", "gt": "silence", "source": "sound_QA",
            "meta_info": "one second of silence"}  # fmt: skip
@@ -277,6 +293,21 @@ def test_server_predictor_sends_audio_and_prompts(dataset, tmp_path, fake_server
         "type": "text",
         "text": "Transcribe the English speech in this audio. Reply with the transcription only.",
     }
+
+
+def test_non_wav_audio_is_sent_as_16k_wav(tmp_path):
+    import io
+
+    from qwen_audio.eval.predictors import wav_base64
+
+    tone = 0.5 * np.sin(2 * np.pi * 440 * np.arange(8000) / 8000)
+    sf.write(tmp_path / "a.flac", tone, 8000)
+    samples, rate = sf.read(io.BytesIO(base64.b64decode(wav_base64(str(tmp_path / "a.flac")))))
+    assert rate == 16000 and len(samples) == 16000
+    sf.write(tmp_path / "b.wav", tone, 8000)  # a WAV goes as it is
+    assert (
+        base64.b64decode(wav_base64(str(tmp_path / "b.wav"))) == (tmp_path / "b.wav").read_bytes()
+    )
 
 
 def test_cli_run_and_score(dataset, tmp_path, fake_server, capsys):

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from qwen_audio.eval import metrics
+from qwen_audio.eval.data import load_rows
 from qwen_audio.eval.score import read_predictions, score_file, score_predictions
 from qwen_audio.eval.tasks import (
     COVOST2_PAIRS,
@@ -14,7 +15,6 @@ from qwen_audio.eval.tasks import (
     DataError,
     EvalRow,
     get_task,
-    load_rows,
     resolve_prompt,
 )
 

@@ -6,7 +6,8 @@
   `source`); `score.score_predictions(task, rows)` is the function behind it.
 - `qwen-audio eval tasks`: the tasks, where their data goes and what their rows look like.
 
-Modules: tasks (registry, data, prompts, published numbers), normalize and zh_normalize (the
-original text clean-up and normalizers), metrics (WER/CER, BLEU, accuracy), judge (AIR-Bench chat
-scoring), report (metrics.json, report.md, report.png), cli (argument parsing only).
+Modules: tasks (registry, prompts, published numbers), data (reading rows), normalize and
+zh_normalize (the original text clean-up and normalizers), metrics (WER/CER, BLEU, accuracy),
+judge (AIR-Bench chat scoring), predictors (engine or server), report (metrics.json, report.md,
+report.png), cli (argument parsing only).
 """

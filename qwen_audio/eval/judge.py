@@ -8,6 +8,10 @@ speech = speech_QA + speech_dialogue_QA, sound = sound_QA + sound_generation_QA,
 music = music_QA + music_generation_analysis_QA, mixed = mean of speech_and_sound and
 speech_and_music.
 
+Every request is sent at temperature 1.0 with max_tokens 1024, as documented for the benchmark
+(AIR-Bench's own score_chat.py also sends a random half of them at temperature 2.0: not repeated
+here, since it makes scores depend on a coin flip).
+
 Replies are parsed leniently (two numbers on a line, extra words allowed); a malformed reply is
 asked again, then recorded as failed. Transport errors are retried with exponential backoff;
 nothing here raises on a bad judge. Judgements are appended to a JSONL cache as they finish, so
