@@ -199,18 +199,32 @@ def run_eval(
         pending = [r for r in shard if r.id not in done]
         predicted = 0
         if pending:
-            predictor = predict_fn or _make_predictor(
-                model, server_url, server_model, max_tokens, batch_size, device, dtype, dist
-            )
-            predicted = _predict_shard(predictor, pending, requests, len(shard), out, dist,
-                                       spec.name, batch_size, progress)  # fmt: skip
+            if predict_fn is not None:
+                predictor = predict_fn
+            elif server_url is not None:
+                predictor = ServerPredictor(server_url, model=server_model,
+                                            max_tokens=max_tokens, concurrency=batch_size)  # fmt: skip
+            else:
+                predictor = _load_llm(model, device=device, dtype=dtype, dist=dist,
+                                      max_tokens=max_tokens)  # fmt: skip
+            one = dist.world == 1
+            predicted = _predict_shard(
+                predictor,
+                [requests[r.id] for r in pending],
+                {r.id: r for r in pending},
+                path=out / (PREDICTIONS if one else f"predictions.part{dist.rank}.jsonl"),
+                bar=_progress_bar(spec.name if one else f"{spec.name} [rank {dist.rank}]",
+                                  len(shard), len(shard) - len(pending), dist.rank, progress),
+                batch_size=batch_size,
+            )  # fmt: skip
         dist.barrier()
         metrics = None
         if dist.rank == 0:
             merged = _merge(out, [r.id for r in rows])
             if len(merged) != len(rows):
                 raise RuntimeError(f"{len(rows) - len(merged)} predictions are missing in {out}")
-            metrics = _score_and_report(spec, merged, out, judge, model or server_url or "custom")
+            name = model or server_url or "custom"
+            metrics = _score_and_report(spec, merged, out, judge, name, progress)
         dist.barrier()
         return EvalResult(spec.name, out, metrics, predicted, len(rows))
     finally:
@@ -234,11 +248,7 @@ def _check_settings(out: Path, settings: dict) -> None:
     os.replace(tmp, path)
 
 
-def _make_predictor(model, server_url, server_model, max_tokens, batch_size, device, dtype, dist):
-    if server_url is not None:
-        return ServerPredictor(
-            server_url, model=server_model, max_tokens=max_tokens, concurrency=batch_size
-        )
+def _load_llm(model: str, *, device, dtype, dist, max_tokens) -> LLMPredictor:
     import torch
 
     from qwen_audio import LLM
@@ -248,21 +258,23 @@ def _make_predictor(model, server_url, server_model, max_tokens, batch_size, dev
     return LLMPredictor(LLM(model, dtype=dtype, device=device), max_tokens=max_tokens)
 
 
-def _predict_shard(predictor, pending, requests, shard_size, out, dist, name, batch_size, progress):
+def _progress_bar(desc: str, total: int, done: int, position: int, enabled: bool):
     from tqdm import tqdm
 
-    path = out / (PREDICTIONS if dist.world == 1 else f"predictions.part{dist.rank}.jsonl")
+    return tqdm(total=total, initial=done, desc=desc, unit="sample", position=position,
+                disable=not enabled, file=sys.stderr)  # fmt: skip
+
+
+def _predict_shard(predictor, requests: list[EvalRequest], rows: dict[str, EvalRow], *,
+                   path: Path, bar, batch_size: int) -> int:  # fmt: skip
+    """Predict `requests` in batches, appending each finished row to `path` at once."""
     _repair_tail(path)
-    desc = name if dist.world == 1 else f"{name} [rank {dist.rank}]"
-    bar = tqdm(total=shard_size, initial=shard_size - len(pending), desc=desc, unit="sample",
-               position=dist.rank, disable=not progress, file=sys.stderr)  # fmt: skip
     predicted = 0
     with open(path, "a", encoding="utf-8") as f:
-        for start in range(0, len(pending), batch_size):
-            batch = pending[start : start + batch_size]
-            batch_requests = [requests[r.id] for r in batch]
-            for i, text in _predictions(predictor, batch_requests):
-                row = _prediction_row(batch[i], batch_requests[i], text)
+        for start in range(0, len(requests), batch_size):
+            batch = requests[start : start + batch_size]
+            for i, text in _predictions(predictor, batch):
+                row = _prediction_row(rows[batch[i].id], batch[i], text)
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
                 f.flush()
                 predicted += 1
@@ -271,7 +283,7 @@ def _predict_shard(predictor, pending, requests, shard_size, out, dist, name, ba
     return predicted
 
 
-def _score_and_report(spec, rows, out, judge, model_name) -> dict[str, float | None] | None:
+def _score_and_report(spec, rows, out, judge, model_name, progress) -> dict | None:
     from .report import write_reports
     from .score import format_table, score_report
 
@@ -283,7 +295,8 @@ def _score_and_report(spec, rows, out, judge, model_name) -> dict[str, float | N
             file=sys.stderr,
         )
         return None
-    report = score_report(spec, rows, judge=judge, judge_cache=out / "judge.jsonl", progress=True)
+    report = score_report(spec, rows, judge=judge, judge_cache=out / "judge.jsonl",
+                          progress=progress)  # fmt: skip
     write_reports(report, out, model=model_name, samples=len(rows))
     print(format_table(report), file=sys.stderr)
     return report.values()
