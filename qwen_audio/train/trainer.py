@@ -179,8 +179,6 @@ class Trainer:
         self.main, self.rank, self.world = acc.is_main_process, acc.process_index, acc.num_processes
         logging.basicConfig(level=logging.INFO if self.main else logging.WARNING)
         self.output = Path(opts.output)
-        if acc.device.type == "cpu":
-            torch.use_deterministic_algorithms(True, warn_only=True)
         seed_everything(opts.seed)  # the same on every process: identical adapter init
 
         dtype = opts.dtype
@@ -306,6 +304,9 @@ class Trainer:
             sampler=range(start, self.total),
             num_workers=opts.num_workers,
             collate_fn=_identity,
+            # its own generator: starting an iterator must not draw from the global one, whose
+            # state a resumed run has just restored
+            generator=torch.Generator().manual_seed(opts.seed),
         )
         t0 = time.perf_counter()
         for step, micro in zip(range(start, self.total), loader):
