@@ -296,3 +296,19 @@ def test_numpy_input_validation(checkpoints):
     bad = np.full(16000, np.nan, dtype=np.float32)
     with pytest.raises(AudioError):
         llm.chat(audio_conv(bad, text="x"), SamplingParams(max_tokens=2))
+
+
+@pytest.mark.slow
+def test_generated_audio_token_is_plain_text(checkpoints):
+    """The model may emit `<|AUDIO|>` itself; like the reference, it is embedded as a token."""
+    path = checkpoints("mha")
+    llm = LLM(path, dtype="float32")
+    prompt = "<|audio_bos|><|AUDIO|><|audio_eos|>Detect the language and recognize the speech:"
+    clip = noise_clip(30.0)
+    params = SamplingParams(temperature=0, max_tokens=400)
+    ours = llm.generate(prompt, params, audios=[(clip, 16000)])[0].token_ids
+    assert llm.tokenizer.audio_token_id in ours  # precondition of this fixture (step 376)
+    ref, processor = load_reference(path)
+    inputs = processor(text=[prompt], audio=[clip], sampling_rate=16000, return_tensors="pt")
+    ref_tokens, margins = hf_greedy(ref, inputs, 400)
+    assert assert_same_greedy(ours, ref_tokens[0], margins[0]) > 376

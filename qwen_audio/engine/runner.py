@@ -31,6 +31,7 @@ class ModelRunner:
         ids: list[int] = []
         positions: list[int] = []
         seq_lens: list[int] = []
+        is_audio: list[bool] = []
         audio_parts: list[torch.Tensor] = []
         table = self.audio_table(prefills)
         for seq in prefills:
@@ -38,11 +39,14 @@ class ModelRunner:
             ids += seq.prompt_ids[start:]
             positions += range(start, len(seq.prompt_ids))
             seq_lens.append(len(seq.prompt_ids) - start)
+            audio_at = set(seq.audio_positions)
+            is_audio += [p in audio_at for p in range(start, len(seq.prompt_ids))]
             audio_parts += self._audio_rows(seq, start, table)
         for seq in decodes:
             ids.append(seq.output_ids[-1])
             positions.append(seq.num_tokens - 1)
             seq_lens.append(1)
+            is_audio.append(False)  # a generated <|AUDIO|> id is plain text
         batch = AttentionBatch(seq_lens, [s.cache for s in seqs])
         audio = torch.cat(audio_parts) if audio_parts else None
         hidden = self.model(
@@ -50,6 +54,7 @@ class ModelRunner:
             torch.tensor(positions, device=self.device),
             batch,
             audio,
+            torch.tensor(is_audio, device=self.device),
         )
         for seq, n in zip(seqs, seq_lens):
             seq.num_cached += n

@@ -52,16 +52,29 @@ class Qwen2AudioForConditionalGeneration(nn.Module):
         projected = self.multi_modal_projector(torch.cat(encoded))  # (sum N, hidden)
         return list(projected.split(lengths))
 
-    def embed(self, input_ids: torch.Tensor, audio_embeds: torch.Tensor | None) -> torch.Tensor:
-        """Token embeddings (T, hidden) with the `<|AUDIO|>` rows replaced, in order, by audio."""
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        audio_embeds: torch.Tensor | None,
+        audio_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Token embeddings (T, hidden) with the audio rows replaced, in order, by audio.
+
+        `audio_mask` marks the rows that hold audio; by default every `<|AUDIO|>` id does. The
+        engine passes it explicitly, because a generated `<|AUDIO|>` token is ordinary text to
+        the model (the reference embeds it as a token too).
+        """
         x = self.language_model.model.embed_tokens(input_ids)
-        is_audio = input_ids == self.config.audio_token_index
-        count = int(is_audio.sum())
+        if audio_mask is None:
+            audio_mask = input_ids == self.config.audio_token_index
+        count = int(audio_mask.sum())
         given = 0 if audio_embeds is None else audio_embeds.shape[0]
         if count != given:
-            raise ValueError(f"{count} audio token(s) in the input but {given} audio embedding(s)")
+            raise ValueError(
+                f"{count} audio position(s) in the input but {given} audio embedding(s)"
+            )
         if count:
-            x = x.masked_scatter(is_audio[:, None], audio_embeds.to(x.dtype))
+            x = x.masked_scatter(audio_mask[:, None], audio_embeds.to(x.dtype))
         return x
 
     def forward(
@@ -70,9 +83,11 @@ class Qwen2AudioForConditionalGeneration(nn.Module):
         positions: torch.Tensor,
         batch: AttentionBatch,
         audio_embeds: torch.Tensor | None = None,
+        audio_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Packed ids (T,) -> final hidden states (T, hidden); use `logits` on the rows needed."""
-        return self.language_model(self.embed(input_ids, audio_embeds), positions, batch)
+        x = self.embed(input_ids, audio_embeds, audio_mask)
+        return self.language_model(x, positions, batch)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.language_model.logits(hidden)
