@@ -1,0 +1,134 @@
+"""Engine behaviour: continuous batching, memory budget, prefix cache, aborts."""
+
+from __future__ import annotations
+
+import pytest
+
+from qwen_audio import LLM, SamplingParams
+from qwen_audio.engine.engine import ContextLengthError, EngineConfig
+from qwen_audio.engine.sequence import EngineRequest
+from tests.conftest import noise_clip
+
+
+def conv(seconds: float, seed: int, text: str = "What is it?") -> list[dict]:
+    content = [{"type": "audio", "audio": (noise_clip(seconds, seed=seed), 16000)}]
+    return [{"role": "user", "content": content + [{"type": "text", "text": text}]}]
+
+
+def request(llm: LLM, rid: str, c: list[dict], max_tokens: int) -> EngineRequest:
+    params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
+    req, _ = llm.make_request(llm.renderer.render_chat(c), params, rid)
+    return req
+
+
+def run_until_done(engine, ids: set[str]) -> dict[str, list[int]]:
+    tokens: dict[str, list[int]] = {i: [] for i in ids}
+    done: set[str] = set()
+    while done != ids:
+        for out in engine.step():
+            tokens[out.request_id] += out.new_token_ids
+            if out.finished:
+                done.add(out.request_id)
+    return tokens
+
+
+def test_requests_join_a_running_batch_and_match_solo_runs(checkpoints):
+    path = checkpoints("gqa1")
+    llm = LLM(path, dtype="float32", engine_config=EngineConfig(enable_prefix_cache=False))
+    engine = llm.engine
+    engine.add_request(request(llm, "a", conv(2.0, 1), 10))
+    for _ in range(3):
+        engine.step()  # "a" is decoding when "b" arrives
+    engine.add_request(request(llm, "b", conv(6.0, 2), 6))
+    steps_with_both = 0
+    tokens = {"a": [], "b": []}
+    done = set()
+    while len(done) < 2:
+        outs = engine.step()
+        if {o.request_id for o in outs} == {"a", "b"}:
+            steps_with_both += 1
+        for o in outs:
+            tokens[o.request_id] += o.new_token_ids
+            done |= {o.request_id} if o.finished else set()
+    assert steps_with_both >= 1  # b was prefilled while a kept decoding
+    solo = LLM(path, dtype="float32")
+    p = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
+    assert tokens["b"] == solo.chat(conv(6.0, 2), p)[0].token_ids
+
+
+def test_kv_budget_limits_admission_without_failing(checkpoints):
+    path = checkpoints("mha")
+    probe = LLM(path, dtype="float32")
+    prompt_len = len(probe.renderer.render_chat(conv(1.0, 0)).token_ids)
+    per_request = (prompt_len + 8) * probe.engine.bytes_per_token
+    budget = int(per_request * 2.5)  # room for two requests at a time
+    llm = LLM(path, dtype="float32", engine_config=EngineConfig(kv_budget_bytes=budget))
+    engine = llm.engine
+    ids = {f"r{i}" for i in range(5)}
+    for rid in sorted(ids):
+        engine.add_request(request(llm, rid, conv(1.0, 0), 8))
+    most_running = 0
+    tokens = {i: [] for i in ids}
+    done = set()
+    while done != ids:
+        for o in engine.step():
+            tokens[o.request_id] += o.new_token_ids
+            if o.finished:
+                done.add(o.request_id)
+        most_running = max(most_running, len(engine.running))
+        assert engine.reserved <= budget
+    assert most_running == 2
+    assert all(len(t) == 8 for t in tokens.values())
+
+
+def test_request_larger_than_the_budget_is_refused(checkpoints):
+    llm = LLM(checkpoints("mha"), dtype="float32", engine_config=EngineConfig(kv_budget_bytes=4096))
+    with pytest.raises(ContextLengthError, match="KV cache"):
+        llm.chat(conv(1.0, 0), SamplingParams(max_tokens=8))
+
+
+def test_abort_frees_memory_at_once(checkpoints):
+    llm = LLM(checkpoints("mha"), dtype="float32")
+    engine = llm.engine
+    engine.add_request(request(llm, "x", conv(1.0, 0), 100))
+    engine.step()
+    assert engine.reserved > 0
+    engine.abort("x")
+    outs = engine.step()
+    assert [(o.request_id, o.finish_reason) for o in outs] == [("x", "abort")]
+    assert engine.reserved == 0 and not engine.running
+
+
+def test_prefix_cache_skips_earlier_turns_and_evicts_under_pressure(checkpoints):
+    path = checkpoints("gqa3")
+    llm = LLM(path, dtype="float32")
+    params = SamplingParams(temperature=0, max_tokens=6)
+    turn1 = conv(4.0, 3, "first question")
+    a1 = llm.chat(turn1, params)[0]
+    turn2 = turn1 + [
+        {"role": "assistant", "content": a1.text},
+        {"role": "user", "content": [{"type": "audio", "audio": (noise_clip(2.0, 4), 16000)}]},
+    ]
+    a2 = llm.chat(turn2, params)[0]
+    turn1_len = len(llm.renderer.render_chat(turn1).token_ids)
+    assert a2.cached_tokens >= turn1_len - llm.engine.config.block_size
+    # the first audio was not encoded again: its embeddings came from the caches
+    assert llm.engine.stats()["prefix_cache_entries"] == 1  # turn 2 replaced turn 1's entry
+    # under memory pressure entries are evicted instead of failing a request
+    engine = llm.engine
+    engine.kv_budget = engine.reserved + engine.prefix_cache.nbytes + 1
+    engine.audio_cache.entries.clear()
+    out = llm.chat(conv(1.0, 9), SamplingParams(temperature=0, max_tokens=2))[0]
+    assert out.finish_reason in ("stop", "length")
+    assert engine.stats()["prefix_cache_entries"] <= 1
+
+
+def test_batch_of_mixed_lengths_is_packed_without_padding(checkpoints):
+    """Sixteen requests of 0.5-30 s in one call equal their one-by-one answers."""
+    path = checkpoints("mha")
+    llm = LLM(path, dtype="float32", engine_config=EngineConfig(enable_prefix_cache=False))
+    convs = [conv(0.5 + i * 1.9, 40 + i) for i in range(16)]
+    p = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
+    batched = [o.token_ids for o in llm.chat(convs, p)]
+    singles = [llm.chat(c, p)[0].token_ids for c in convs[::5]]
+    assert batched[::5] == singles
