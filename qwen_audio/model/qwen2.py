@@ -91,14 +91,15 @@ class Qwen2Attention(nn.Module):
                 ki, vi = batch.caches[i].write(layer_idx, ki, vi)  # (Hkv, past + n, D)
             total = ki.shape[1]
             if n == 1:
-                mask, is_causal = None, False  # one new token sees everything before it
-            elif total == n:
-                mask, is_causal = None, True
+                # Decode: the query heads that share a KV head become rows of one query block,
+                # (Hkv, H/Hkv, D), which runs the fused kernel without copying keys/values.
+                out = F.scaled_dot_product_attention(qi.reshape(Hkv, H // Hkv, D), ki, vi)
+                out = out.view(H, 1, D)
             else:
-                mask, is_causal = causal_mask(n, total, x.device), False
-            out = F.scaled_dot_product_attention(
-                qi, ki, vi, attn_mask=mask, is_causal=is_causal, enable_gqa=H != Hkv
-            )  # (H, n, D)
+                mask = None if total == n else causal_mask(n, total, x.device)
+                out = F.scaled_dot_product_attention(
+                    qi, ki, vi, attn_mask=mask, is_causal=mask is None, enable_gqa=H != Hkv
+                )  # (H, n, D)
             outputs.append(out)
             start += n
         out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)  # (H, T, D)
