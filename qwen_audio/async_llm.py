@@ -15,10 +15,7 @@ import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import torch
-
-from .engine.engine import EngineConfig, LLMEngine
-from .llm import build_request, load_checkpoint
+from .llm import EngineFrontend, build_request
 from .outputs import Delta, OutputBuilder, RequestOutput
 from .prompt import RenderedPrompt
 from .sampling import SamplingParams
@@ -33,45 +30,17 @@ class _Stream:
     builder: OutputBuilder
 
 
-class AsyncLLM:
-    def __init__(
-        self,
-        model: str | os.PathLike | None = None,
-        *,
-        dtype: str | torch.dtype = "auto",
-        device: str = "cpu",
-        quantize: str | None = None,
-        adapter: str | os.PathLike | None = None,
-        long_audio: str = "split",
-        allow_remote_audio: bool = False,
-        engine_config: EngineConfig | None = None,
-    ) -> None:
-        self.checkpoint = load_checkpoint(
-            model,
-            dtype=dtype,
-            device=device,
-            quantize=quantize,
-            adapter=adapter,
-            long_audio=long_audio,
-            allow_remote_audio=allow_remote_audio,
-        )
-        self.tokenizer = self.checkpoint.tokenizer
-        self.renderer = self.checkpoint.renderer
-        self.engine = LLMEngine(self.checkpoint.model, self.checkpoint.eos_token_ids, engine_config)
+class AsyncLLM(EngineFrontend):
+    """The engine on a background thread; takes the same options as `LLM`."""
+
+    def __init__(self, model: str | os.PathLike | None = None, **options) -> None:
+        super().__init__(model, **options)
         self._streams: dict[str, _Stream] = {}
         self._streams_lock = threading.Lock()
         self._wake = threading.Event()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="qwen-audio-engine", daemon=True)
         self._thread.start()
-
-    @property
-    def model_name(self) -> str:
-        return self.checkpoint.path.name
-
-    @property
-    def max_model_len(self) -> int:
-        return self.engine.max_model_len
 
     def stats(self) -> dict:
         return self.engine.stats()

@@ -121,12 +121,8 @@ def is_conversation(obj: Any) -> bool:
     return isinstance(obj, list) and (not obj or isinstance(obj[0], dict))
 
 
-class LLM:
-    """Load a Qwen2-Audio checkpoint and generate.
-
-    >>> llm = LLM("path/to/Qwen2-Audio-7B-Instruct", dtype="bfloat16")
-    >>> llm.chat([{"role": "user", "content": [{"type": "audio", "audio": "a.wav"}]}])[0].text
-    """
+class EngineFrontend:
+    """What `LLM` and `AsyncLLM` share: the checkpoint, its prompt renderer and the engine."""
 
     def __init__(
         self,
@@ -159,6 +155,26 @@ class LLM:
     @property
     def model_name(self) -> str:
         return self.checkpoint.path.name
+
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.max_model_len
+
+    def make_request(
+        self, prompt: RenderedPrompt, params: SamplingParams | None, request_id: str | None = None
+    ) -> tuple[EngineRequest, OutputBuilder]:
+        return build_request(self.checkpoint, prompt, params, request_id)
+
+
+class LLM(EngineFrontend):
+    """Load a Qwen2-Audio checkpoint and generate.
+
+    >>> llm = LLM("path/to/Qwen2-Audio-7B-Instruct", dtype="bfloat16")
+    >>> llm.chat([{"role": "user", "content": [{"type": "audio", "audio": "a.wav"}]}])[0].text
+
+    Options: dtype auto|float32|bfloat16|float16, device cpu|cuda, quantize None|"int8",
+    adapter (a PEFT LoRA folder to merge), long_audio split|truncate|error, engine_config.
+    """
 
     # ---- batch APIs ----------------------------------------------------------------------
     def chat(
@@ -208,11 +224,6 @@ class LLM:
         yield from self._stream(self.renderer.render_raw(prompt, list(audios or [])), params)
 
     # ---- internals -----------------------------------------------------------------------
-    def make_request(
-        self, prompt: RenderedPrompt, params: SamplingParams | None, request_id: str | None = None
-    ) -> tuple[EngineRequest, OutputBuilder]:
-        return build_request(self.checkpoint, prompt, params, request_id)
-
     def _run(
         self, prompts: list[RenderedPrompt], params: SamplingParams | None, use_tqdm: bool
     ) -> list[RequestOutput]:

@@ -13,6 +13,7 @@ import torch
 
 from qwen_audio import LLM, SamplingParams
 from qwen_audio.audio import prepare_audio
+from qwen_audio.bench.worker import reference_messages
 from qwen_audio.model.kv_cache import AttentionBatch
 from tests.conftest import noise_clip
 from tests.fixtures.checkpoints import load_reference
@@ -37,28 +38,10 @@ def reference_audio_embeddings(ref, features, feature_mask):
     return ref.model.multi_modal_projector(hidden)
 
 
-def hf_conversation(conv):
-    """Our conversation with audio arrays -> the reference template's input + its audio list."""
-    messages, audios = [], []
-    for m in conv:
-        if isinstance(m["content"], str):
-            messages.append(m)
-            continue
-        parts = []
-        for p in m["content"]:
-            if p["type"] == "audio":
-                parts.append({"type": "audio", "audio_url": "clip"})
-                audios.append(p["audio"][0])
-            else:
-                parts.append(p)
-        messages.append({"role": m["role"], "content": parts})
-    return messages, audios
-
-
 def hf_inputs(processor, convs, padding_side="left"):
     texts, audios = [], []
     for conv in convs:
-        messages, a = hf_conversation(conv)
+        messages, a = reference_messages(conv)
         texts.append(
             processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         )

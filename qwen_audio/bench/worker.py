@@ -51,6 +51,24 @@ class Ours:
         return total
 
 
+def reference_messages(conv: list[dict]) -> tuple[list[dict], list]:
+    """Our conversation (audio arrays inline) -> transformers' chat messages and audio list."""
+    messages, audios = [], []
+    for m in conv:
+        if isinstance(m["content"], str):
+            messages.append(m)
+            continue
+        parts = []
+        for p in m["content"]:
+            if p["type"] == "audio":
+                parts.append({"type": "audio", "audio_url": "clip"})
+                audios.append(p["audio"][0])
+            else:
+                parts.append(p)
+        messages.append({"role": m["role"], "content": parts})
+    return messages, audios
+
+
 class Reference:
     """transformers' Qwen2AudioForConditionalGeneration + processor, as a user would run it."""
 
@@ -67,19 +85,8 @@ class Reference:
     def _inputs(self, convs: list[list[dict]]):
         texts, audios = [], []
         for conv in convs:
-            messages = []
-            for m in conv:
-                if isinstance(m["content"], str):
-                    messages.append(m)
-                    continue
-                parts = []
-                for p in m["content"]:
-                    if p["type"] == "audio":
-                        parts.append({"type": "audio", "audio_url": "clip"})
-                        audios.append(p["audio"][0])
-                    else:
-                        parts.append(p)
-                messages.append({"role": m["role"], "content": parts})
+            messages, conv_audios = reference_messages(conv)
+            audios += conv_audios
             texts.append(
                 self.processor.apply_chat_template(
                     messages, add_generation_prompt=True, tokenize=False
