@@ -179,7 +179,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if result.losses:
+    if result.main and result.losses:
         print(
             f"done: {result.steps} steps, last loss {result.losses[-1]:.4f}, output {result.output}"
         )

@@ -47,8 +47,10 @@ def save_hub_checkpoint(
     *,
     dtype: torch.dtype | None = None,
     max_shard_bytes: int = MAX_SHARD_BYTES,
+    state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write `model` (module names = hub key names) as a hub-layout checkpoint folder."""
+    """Write `model` (module names = hub key names) as a hub-layout checkpoint folder; `state`
+    replaces its state dict (weights gathered from FSDP / DeepSpeed shards)."""
     if has_lora(model):
         raise ValueError("the model still holds LoRA layers: merge them first")
     base_dir, out_dir = Path(base_dir), Path(out_dir)
@@ -57,20 +59,20 @@ def save_hub_checkpoint(
     out_dir.mkdir(parents=True, exist_ok=True)
     copy_side_files(base_dir, out_dir)
 
-    state: dict[str, torch.Tensor] = {}
+    tensors: dict[str, torch.Tensor] = {}
     seen: set[int] = set()
-    for name, tensor in model.state_dict().items():
+    for name, tensor in (model.state_dict() if state is None else state).items():
         t = tensor.detach().to("cpu")
         if dtype is not None and t.is_floating_point():
             t = t.to(dtype)
         if t.data_ptr() in seen:  # tied weights: safetensors stores each tensor once
             t = t.clone()
         seen.add(t.data_ptr())
-        state[name] = t.contiguous()
-    _write_weights(out_dir, state, max_shard_bytes)
+        tensors[name] = t.contiguous()
+    _write_weights(out_dir, tensors, max_shard_bytes)
 
     config = json.loads((base_dir / "config.json").read_text())
-    saved_dtype = next(t.dtype for t in state.values() if t.is_floating_point())
+    saved_dtype = next(t.dtype for t in tensors.values() if t.is_floating_point())
     config["torch_dtype"] = str(saved_dtype).removeprefix("torch.")
     _atomic_write(out_dir / "config.json", json.dumps(config, indent=2) + "\n")
     return out_dir

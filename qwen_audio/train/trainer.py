@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +60,7 @@ class TrainOptions:
     max_grad_norm: float = 1.0  # 0 turns clipping off
     max_length: int | None = None  # tokens per sequence; default: the model's positions
     bf16: bool = False  # bf16 autocast (weights and optimizer stay in their dtype)
-    dtype: str = "auto"  # frozen base weights: bf16 for LoRA on CUDA, float32 otherwise
+    dtype: str = "auto"  # frozen base weights: bf16 for LoRA on CUDA (autocast on), else float32
     gradient_checkpointing: bool = False
     seed: int = 42
     save_every: int = 0  # checkpoint every N steps (0: only the final output)
@@ -80,6 +81,7 @@ class TrainResult:
     steps: int
     losses: list[float]  # one per step, including the steps a resumed run started from
     bad_rows: int
+    main: bool = True  # the main process (the one that wrote the outputs)
 
 
 # ---- the training forward ------------------------------------------------------------------
@@ -174,6 +176,13 @@ class Trainer:
     def __init__(self, opts: TrainOptions) -> None:
         from ..llm import load_checkpoint
 
+        cuda = opts.device == "cuda" or (opts.device == "auto" and torch.cuda.is_available())
+        dtype = opts.dtype
+        if dtype == "auto":
+            dtype = "bfloat16" if cuda and not opts.full else "float32"
+        if dtype != "float32" and not opts.bf16:
+            # bf16 base weights next to float32 trained ones need autocast to multiply together
+            opts = replace(opts, bf16=True)
         self.opts = opts
         self.acc = acc = make_accelerator(opts)
         self.main, self.rank, self.world = acc.is_main_process, acc.process_index, acc.num_processes
@@ -181,9 +190,6 @@ class Trainer:
         self.output = Path(opts.output)
         seed_everything(opts.seed)  # the same on every process: identical adapter init
 
-        dtype = opts.dtype
-        if dtype == "auto":
-            dtype = "bfloat16" if acc.device.type == "cuda" and not opts.full else "float32"
         base = load_checkpoint(opts.model, dtype=dtype, device=str(acc.device))
         self.model, self.renderer, self.base_path = base.model, base.renderer, base.path
         self.data = load_data(
@@ -229,6 +235,7 @@ class Trainer:
             optimizer,
             lambda s: lr_factor(s, self.total, warmup, opts.schedule, opts.min_lr_ratio),
         )
+        self.sharded = _setup_sharding(acc)
         self.module, self.optimizer = acc.prepare(TrainForward(self.model), optimizer)
         self.state = {"step": 0, "losses": [], "tokens": 0, "elapsed_s": 0.0}
         if opts.resume:
@@ -340,13 +347,13 @@ class Trainer:
         if bar is not None:
             bar.close()
         acc.wait_for_everyone()
+        self.write_weights(self.output)
         if self.main:
-            self.write_weights(self.output)
             run_log.close()
             log.info("wrote %s", self.output)
         acc.wait_for_everyone()
         s = self.state
-        return TrainResult(self.output, s["step"], s["losses"], len(self.data.bad))
+        return TrainResult(self.output, s["step"], s["losses"], len(self.data.bad), self.main)
 
     def train_step(self, step: int, micro: list[PackedBatch]) -> dict[str, float]:
         """One optimizer step over this process's micro-batches; metrics over all processes."""
@@ -387,14 +394,22 @@ class Trainer:
     # ---- outputs and checkpoints ---------------------------------------------------------
 
     def write_weights(self, folder: Path) -> None:
-        """A PEFT adapter (LoRA) or a full hub-layout checkpoint (full finetuning)."""
-        if self.opts.full:
-            save_hub_checkpoint(self.model, self.base_path, folder)
+        """A PEFT adapter (LoRA) or a full hub-layout checkpoint (full finetuning). Every process
+        calls it, as FSDP and DeepSpeed gather the weights first; the main one writes."""
+        gathered = None
+        if self.sharded:
+            full = self.acc.get_state_dict(self.module)  # TrainForward's names: "model.<ours>"
+            gathered = {k.removeprefix("model."): v for k, v in full.items()}
+        if not self.main:
             return
-        config = adapter_config(
-            self.model, self.opts.lora, self.parts, str(self.base_path.resolve())
-        )
-        write_adapter(folder, adapter_state(self.model, self.parts), config)
+        if self.opts.full:
+            save_hub_checkpoint(self.model, self.base_path, folder, state=gathered)
+            return
+        tensors = adapter_state(self.model, self.parts)
+        if gathered is not None:
+            tensors = {k: gathered[k] for k in tensors}
+        base = str(self.base_path.resolve())
+        write_adapter(folder, tensors, adapter_config(self.model, self.opts.lora, self.parts, base))
 
     def save_checkpoint(self) -> None:
         acc, step = self.acc, self.state["step"]
@@ -404,9 +419,12 @@ class Trainer:
         acc.wait_for_everyone()
         tmp = ckpt.temp_dir(root, step)
         ckpt.save_rng(tmp, self.rank)
+        self.write_weights(tmp)
+        if self.sharded:  # sharded weights and optimizer state, each process its part
+            acc.save_state(str(tmp / "accelerate"))
         if self.main:
-            self.write_weights(tmp)
-            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            if not self.sharded:
+                torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
             extra = {"global_batch": self.steps.global_batch, "world_size": self.world}
             ckpt.write_state(tmp, {**self.state, **extra})  # last: marks the folder complete
@@ -427,7 +445,9 @@ class Trainer:
                 f"this run has {self.steps.global_batch}, so the data position would not match: "
                 "keep batch size x grad accum x processes the same"
             )
-        if self.opts.full:
+        if self.sharded:
+            self.acc.load_state(str(folder / "accelerate"))
+        elif self.opts.full:
             from safetensors.torch import load_file
 
             from ..model.loader import weight_files
@@ -438,13 +458,30 @@ class Trainer:
                         self.model.get_parameter(name).copy_(value)
         else:
             load_adapter_into(self.model, read_adapter(folder))
-        self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+        if not self.sharded:
+            optimizer_state = torch.load(folder / "optimizer.pt", weights_only=True)
+            self.optimizer.load_state_dict(optimizer_state)
         self.scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
         if not ckpt.load_rng(folder, self.rank):
             log.warning("%s has no random state for process %d: reseeding", folder, self.rank)
             seed_everything(self.opts.seed + state["step"] + 1000 * self.rank)
         self.state = {k: state[k] for k in self.state}
         log.info("resumed from %s at step %d", folder, state["step"])
+
+
+def _setup_sharding(acc) -> bool:
+    """True under FSDP or DeepSpeed. accelerate runs DDP instead when there is no GPU, whatever
+    the launch config says: say so rather than let the user believe the model is sharded."""
+    from accelerate.utils import DistributedType
+
+    kind = acc.distributed_type
+    if kind == DistributedType.DEEPSPEED:
+        # DeepSpeed wants a per-GPU batch size; packed batches have none, and it only logs it.
+        acc.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = 1
+    wanted = [e for e in ("FSDP", "DEEPSPEED") if os.environ.get(f"ACCELERATE_USE_{e}") == "true"]
+    if wanted and kind not in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        log.warning("%s needs GPUs: running %s instead", wanted[0], kind.value)
+    return kind in (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 
 def _identity(x):
