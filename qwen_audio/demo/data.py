@@ -14,6 +14,13 @@ What is made (counts at ``scale=1``; ``--scale 0.01`` makes a set in seconds for
     text/sentences.jsonl (text, split, clause shapes), text/train_text.txt (every training prompt
                     and answer, for the tokenizer), manifest.json (counts, seconds, versions)
 
+Measured at scale 1 (seed 0, espeak-ng 1.51): 11,961 clips, 11.0 hours of audio (mean speech clip
+3.6 s, longest ~10 s), 753 MB, 17,478 training rows, 1,059 validation rows; 6,296 distinct clause
+shapes in the training sentences (321 held out), 3,555 distinct word forms, 9.5 words per
+sentence on average; 304 s with 2 workers at nice 19 on a shared 2-core machine. One pass of the
+tiny.en encoder over 11 h is ~30 TFLOP (minutes on 2 cores), so a trainer with a frozen encoder
+should compute its outputs once.
+
 Audio is 16 kHz mono 16-bit FLAC. Audio paths in a JSONL file are relative to that file's folder
 (as the trainer and the eval runner resolve them), so the folder can be moved as a whole.
 All randomness comes from ``seed``: sentences and tasks from one ``random.Random``, each clip from
