@@ -49,7 +49,12 @@ def resolve_model_path(model: str | os.PathLike, *, allow_download: bool = False
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(name, local_files_only=not allow_download))
+        # Read the cache location now (huggingface_hub reads it once, at import).
+        cache_dir = os.environ.get("HF_HUB_CACHE")
+        if cache_dir is None and os.environ.get("HF_HOME"):
+            cache_dir = os.path.join(os.environ["HF_HOME"], "hub")
+        offline = not allow_download or os.environ.get("HF_HUB_OFFLINE") == "1"
+        return Path(snapshot_download(name, cache_dir=cache_dir, local_files_only=offline))
     except Exception as err:  # huggingface_hub raises several types for "not cached"
         hf_error = err
     for cached in _modelscope_candidates(name):
