@@ -125,7 +125,8 @@ class LLMEngine:
             return outputs
         for seq in prefills:
             self._attach_cache(seq)
-        logits = self.runner.execute(prefills, decodes)
+        # Sampling runs on the CPU: one (vocab,) row per sequence is cheap to move from a GPU.
+        logits = self.runner.execute(prefills, decodes).cpu()
         for row, seq in zip(logits, prefills + decodes):
             outputs.append(self._append_token(seq, row))
         return outputs
