@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 from .configs import ACCELERATE_CONFIGS, config_path
-from .lora import ENCODER_LINEAR, LM_LINEAR
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +82,14 @@ def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lora-dropout", type=float, default=0.05)
     g.add_argument(
         "--lora-targets",
-        default=LM_LINEAR,
-        help="regex over module names (default: every linear layer of the LM)",
+        default=None,
+        help="regex, full match on module names such as language_model.model.layers.0.mlp.up_proj "
+        "(default: every linear layer of the LM: q/k/v/o_proj, gate/up/down_proj)",
     )
     g.add_argument(
         "--lora-encoder",
         action="store_true",
-        help=f"LoRA on the audio encoder too ({ENCODER_LINEAR})",
+        help="LoRA on the audio encoder's linear layers too",
     )
     g.add_argument("--rslora", action="store_true", help="scale by alpha / sqrt(r)")
     g.add_argument("--train-projector", action="store_true", help="train the projector fully")
@@ -120,7 +120,7 @@ def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
 
 def options_from_args(args: argparse.Namespace):
     from .dpo import DPOOptions
-    from .lora import LoRAOptions
+    from .lora import LM_LINEAR, LoRAOptions
     from .trainer import TrainOptions
 
     lr = args.lr if args.lr is not None else (1e-5 if args.full else 1e-4)
@@ -134,7 +134,7 @@ def options_from_args(args: argparse.Namespace):
             r=args.lora_r,
             alpha=args.lora_alpha,
             dropout=args.lora_dropout,
-            targets=args.lora_targets,
+            targets=args.lora_targets or LM_LINEAR,
             encoder=args.lora_encoder,
             use_rslora=args.rslora,
         ),
