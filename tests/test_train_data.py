@@ -201,6 +201,7 @@ def test_bad_rows_are_reported_with_file_and_line(tmp_path, clips, checkpoints, 
     for line in (1, 3, 10):
         assert f"{data}:{line}:" not in err
     assert not (out / "adapter_model.safetensors").exists()  # nothing was trained
+    assert len((out / "bad_rows.txt").read_text().splitlines()) == 7
 
     assert train_main([*args, "--skip-bad", "--max-steps", "2"]) == 0
     assert (out / "adapter_model.safetensors").exists()

@@ -11,8 +11,9 @@ from qwen_audio.llm import load_checkpoint
 from qwen_audio.train.batching import pack
 from qwen_audio.train.data import load_data, render
 from qwen_audio.train.dpo import DPOOptions, sequence_logps
+from qwen_audio.train.forward import token_logprobs
 from qwen_audio.train.lora import LoRAOptions
-from qwen_audio.train.trainer import TrainOptions, finetune, token_logprobs
+from qwen_audio.train.trainer import TrainOptions, finetune
 from tests.test_train_utils import (  # noqa: F401
     ASR_PROMPT,
     TRANSCRIPTS,

@@ -358,8 +358,9 @@ def load_data(
     return TrainData(path, rows, info, bad, total_rows)
 
 
-def bad_row_report(data: TrainData, limit: int = 50) -> str:
+def bad_row_report(data: TrainData, limit: int | None = 50) -> str:
+    """One `file:line: reason` line per bad row (the first `limit` of them)."""
     lines = [str(b) for b in data.bad[:limit]]
-    if len(data.bad) > limit:
+    if limit is not None and len(data.bad) > limit:
         lines.append(f"... and {len(data.bad) - limit} more")
     return "\n".join(lines)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -20,16 +19,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..model.kv_cache import AttentionBatch
 from . import checkpoint as ckpt
 from .adapters import adapter_config, adapter_state, load_adapter_into, read_adapter, write_adapter
 from .batching import PackedBatch, StepBatches
-from .data import DataError, RowInfo, bad_row_report, load_data
+from .data import DataError, bad_row_report, load_data
+from .distributed import make_accelerator, setup_sharding
 from .dpo import DPOObjective, DPOOptions, make_reference
 from .export import save_hub_checkpoint
+from .forward import SFTObjective, TrainForward, token_logprobs
 from .logs import RunLog
 from .lora import LoRAOptions, TrainableParts, add_lora, set_trainable, trainable_parameters
 
@@ -84,45 +83,6 @@ class TrainResult:
     main: bool = True  # the main process (the one that wrote the outputs)
 
 
-# ---- the training forward ------------------------------------------------------------------
-
-
-def token_logprobs(model: nn.Module, batch: PackedBatch) -> torch.Tensor:
-    """Log-probability of every trained token of a packed batch: (n,) float32."""
-    audio = None
-    if batch.features:
-        audio_params = (*model.audio_tower.parameters(), *model.multi_modal_projector.parameters())
-        needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in audio_params)
-        with torch.set_grad_enabled(needs_grad):
-            clips = model.encode_audio(batch.features, batch.num_frames)  # [(N_i, hidden)]
-        audio = torch.cat([clips[i] for i in batch.clip_index])  # (A, hidden)
-    hidden = model(batch.input_ids, batch.positions, AttentionBatch(batch.seq_lens), audio)
-    logits = model.logits(hidden[batch.pred_rows])  # (n, vocab) float32, trained rows only
-    return -F.cross_entropy(logits, batch.targets, reduction="none")
-
-
-class TrainForward(nn.Module):
-    """The model with `token_logprobs` as its forward, for DDP / FSDP to wrap."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, batch: PackedBatch) -> torch.Tensor:
-        return token_logprobs(self.model, batch)
-
-
-class SFTObjective:
-    """Negative log-likelihood of the trained tokens, summed over a micro-batch."""
-
-    @staticmethod
-    def normalizer(rows: list[RowInfo]) -> float:
-        return float(sum(r.num_targets for r in rows))
-
-    def __call__(self, module: nn.Module, batch: PackedBatch):
-        return -module(batch).sum(), {}
-
-
 def lr_factor(step: int, total: int, warmup: int, schedule: str, min_ratio: float) -> float:
     """Multiplier of the peak learning rate at optimizer step `step` (0-based)."""
     if step < warmup:
@@ -143,29 +103,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_accelerator(opts: TrainOptions):
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, GradientState
-    from accelerate.utils import DistributedDataParallelKwargs
-
-    if not torch.distributed.is_initialized():
-        # accelerate keeps its settings in process-wide singletons; a second run in the same
-        # process (a notebook, the tests) may want other ones. Nothing to lose in one process.
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
-    cpu = opts.device == "cpu" or (opts.device == "auto" and not torch.cuda.is_available())
-    # Parts trained fully get no gradient in a step without audio.
-    ddp = DistributedDataParallelKwargs(
-        find_unused_parameters=opts.train_projector or opts.train_encoder
-    )
-    return Accelerator(
-        cpu=cpu,
-        mixed_precision="bf16" if opts.bf16 else "no",
-        gradient_accumulation_steps=opts.grad_accum,
-        kwargs_handlers=[ddp],
-    )
-
-
 def finetune(opts: TrainOptions) -> TrainResult:
     return Trainer(opts).run()
 
@@ -184,7 +121,13 @@ class Trainer:
             # bf16 base weights next to float32 trained ones need autocast to multiply together
             opts = replace(opts, bf16=True)
         self.opts = opts
-        self.acc = acc = make_accelerator(opts)
+        self.acc = acc = make_accelerator(
+            device=opts.device,
+            bf16=opts.bf16,
+            grad_accum=opts.grad_accum,
+            # parts trained fully get no gradient in a step without audio
+            unused_parameters=opts.train_projector or opts.train_encoder,
+        )
         self.main, self.rank, self.world = acc.is_main_process, acc.process_index, acc.num_processes
         logging.basicConfig(level=logging.INFO if self.main else logging.WARNING)
         self.output = Path(opts.output)
@@ -235,7 +178,7 @@ class Trainer:
             optimizer,
             lambda s: lr_factor(s, self.total, warmup, opts.schedule, opts.min_lr_ratio),
         )
-        self.sharded = _setup_sharding(acc)
+        self.sharded = setup_sharding(acc)
         self.module, self.optimizer = acc.prepare(TrainForward(self.model), optimizer)
         self.state = {"step": 0, "losses": [], "tokens": 0, "elapsed_s": 0.0}
         if opts.resume:
@@ -247,7 +190,11 @@ class Trainer:
         data = self.data
         if not data.bad:
             return
-        report = bad_row_report(data)
+        full_list = self.output / "bad_rows.txt"
+        if self.main:  # every bad row; the message shows the first ones
+            self.output.mkdir(parents=True, exist_ok=True)
+            full_list.write_text(bad_row_report(data, limit=None) + "\n")
+        report = f"{bad_row_report(data)}\n(the full list is in {full_list})"
         if not self.opts.skip_bad:
             raise DataError(
                 f"{len(data.bad)} of {data.total_rows} rows of {data.path} cannot be used "
@@ -467,21 +414,6 @@ class Trainer:
             seed_everything(self.opts.seed + state["step"] + 1000 * self.rank)
         self.state = {k: state[k] for k in self.state}
         log.info("resumed from %s at step %d", folder, state["step"])
-
-
-def _setup_sharding(acc) -> bool:
-    """True under FSDP or DeepSpeed. accelerate runs DDP instead when there is no GPU, whatever
-    the launch config says: say so rather than let the user believe the model is sharded."""
-    from accelerate.utils import DistributedType
-
-    kind = acc.distributed_type
-    if kind == DistributedType.DEEPSPEED:
-        # DeepSpeed wants a per-GPU batch size; packed batches have none, and it only logs it.
-        acc.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = 1
-    wanted = [e for e in ("FSDP", "DEEPSPEED") if os.environ.get(f"ACCELERATE_USE_{e}") == "true"]
-    if wanted and kind not in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        log.warning("%s needs GPUs: running %s instead", wanted[0], kind.value)
-    return kind in (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 
 def _identity(x):
