@@ -342,6 +342,8 @@ def load_data(
             checked[i] = check_row(renderer, parsed[i], max_length)
         except RowError as e:
             checked[i] = str(e)
+        except Exception as e:  # a row must never stop the check of the others
+            checked[i] = f"cannot use the row ({type(e).__name__}: {e})"
     if world_size > 1:
         gathered: list[dict] = [{} for _ in range(world_size)]
         torch.distributed.all_gather_object(gathered, checked)
