@@ -87,6 +87,7 @@ class PackedBatch:
     pred_rows: torch.Tensor  # (n,) rows whose logits predict a trained token
     targets: torch.Tensor  # (n,) the tokens they predict
     pred_seq: torch.Tensor  # (n,) which sequence each prediction belongs to
+    clip_keys: list[bytes]  # one per entry of `features`: the clip's content hash
 
     @property
     def num_tokens(self) -> int:
@@ -107,6 +108,7 @@ class PackedBatch:
             features=[f.to(device) for f in self.features],
             num_frames=self.num_frames,
             clip_index=self.clip_index,
+            clip_keys=self.clip_keys,
         )
 
 
@@ -152,6 +154,7 @@ def pack(prompts: list[RenderedPrompt]) -> PackedBatch:
         long(pred_rows),
         long(targets),
         long(pred_seq),
+        list(seen),
     )
 
 

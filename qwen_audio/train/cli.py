@@ -104,6 +104,12 @@ def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
         help="dtype of the frozen base weights (auto: bf16 for LoRA on CUDA, else float32)",
     )
     g.add_argument("--gradient-checkpointing", action="store_true")
+    g.add_argument(
+        "--cache-encoder",
+        action="store_true",
+        help="keep the frozen audio encoder's output of every clip in memory: each clip is "
+        "encoded once per run, not once per row and epoch",
+    )
     g.add_argument("--num-workers", type=int, default=0, help="data loader processes")
     g.add_argument("--cache-mb", type=int, default=1024, help="memory for rendered rows")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -156,6 +162,7 @@ def options_from_args(args: argparse.Namespace):
         bf16=args.bf16,
         dtype=args.dtype,
         gradient_checkpointing=args.gradient_checkpointing,
+        cache_encoder=args.cache_encoder,
         seed=args.seed,
         save_every=args.save_every,
         keep_last=args.keep_last,

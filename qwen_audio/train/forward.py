@@ -16,14 +16,46 @@ from .batching import PackedBatch
 from .data import RowInfo
 
 
-def token_logprobs(model: nn.Module, batch: PackedBatch) -> torch.Tensor:
+class EncoderCache:
+    """The frozen audio encoder's output for every clip seen so far, keyed by the clip's content
+    hash: each clip is encoded once per run instead of once per row and epoch (`--cache-encoder`).
+    Valid only while the encoder's weights do not change; memory grows with the distinct audio
+    (about 25 x d_model floats per second of audio)."""
+
+    def __init__(self) -> None:
+        self._outputs: dict[bytes, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self._outputs)
+
+    def encode(self, tower: nn.Module, batch: PackedBatch) -> list[torch.Tensor]:
+        """The encoder output of every clip of the batch: [(N_i, d_model)], in `features` order."""
+        missing = [i for i, key in enumerate(batch.clip_keys) if key not in self._outputs]
+        if missing:
+            with torch.no_grad():
+                encoded = tower(
+                    [batch.features[i] for i in missing], [batch.num_frames[i] for i in missing]
+                )
+            for i, out in zip(missing, encoded):
+                self._outputs[batch.clip_keys[i]] = out
+        return [self._outputs[key] for key in batch.clip_keys]
+
+
+def token_logprobs(
+    model: nn.Module, batch: PackedBatch, encoder_cache: EncoderCache | None = None
+) -> torch.Tensor:
     """Log-probability of every trained token of a packed batch: (n,) float32."""
     audio = None
     if batch.features:
-        audio_params = (*model.audio_tower.parameters(), *model.multi_modal_projector.parameters())
-        needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in audio_params)
-        with torch.set_grad_enabled(needs_grad):
-            clips = model.encode_audio(batch.features, batch.num_frames)  # [(N_i, hidden)]
+        if encoder_cache is not None:
+            encoded = encoder_cache.encode(model.audio_tower, batch)  # [(N_i, d_model)]
+            projected = model.multi_modal_projector(torch.cat(encoded))  # (sum N, hidden)
+            clips = list(projected.split([e.shape[0] for e in encoded]))
+        else:
+            params = (*model.audio_tower.parameters(), *model.multi_modal_projector.parameters())
+            needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in params)
+            with torch.set_grad_enabled(needs_grad):
+                clips = model.encode_audio(batch.features, batch.num_frames)  # [(N_i, hidden)]
         audio = torch.cat([clips[i] for i in batch.clip_index])  # (A, hidden)
     hidden = model(batch.input_ids, batch.positions, AttentionBatch(batch.seq_lens), audio)
     logits = model.logits(hidden[batch.pred_rows])  # (n, vocab) float32, trained rows only
@@ -33,12 +65,13 @@ def token_logprobs(model: nn.Module, batch: PackedBatch) -> torch.Tensor:
 class TrainForward(nn.Module):
     """The model with `token_logprobs` as its forward, for DDP / FSDP to wrap."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, encoder_cache: EncoderCache | None = None) -> None:
         super().__init__()
         self.model = model
+        self.encoder_cache = encoder_cache
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:
-        return token_logprobs(self.model, batch)
+        return token_logprobs(self.model, batch, self.encoder_cache)
 
 
 class SFTObjective:

@@ -28,7 +28,7 @@ from .data import DataError, bad_row_report, load_data
 from .distributed import make_accelerator, setup_sharding
 from .dpo import DPOObjective, DPOOptions, make_reference
 from .export import save_hub_checkpoint
-from .forward import SFTObjective, TrainForward, token_logprobs
+from .forward import EncoderCache, SFTObjective, TrainForward, token_logprobs
 from .logs import RunLog
 from .lora import LoRAOptions, TrainableParts, add_lora, set_trainable, trainable_parameters
 
@@ -61,6 +61,7 @@ class TrainOptions:
     bf16: bool = False  # bf16 autocast (weights and optimizer stay in their dtype)
     dtype: str = "auto"  # frozen base weights: bf16 for LoRA on CUDA (autocast on), else float32
     gradient_checkpointing: bool = False
+    cache_encoder: bool = False  # keep the frozen encoder's output per clip: encode it once
     seed: int = 42
     save_every: int = 0  # checkpoint every N steps (0: only the final output)
     keep_last: int = 3
@@ -179,7 +180,8 @@ class Trainer:
             lambda s: lr_factor(s, self.total, warmup, opts.schedule, opts.min_lr_ratio),
         )
         self.sharded = setup_sharding(acc)
-        self.module, self.optimizer = acc.prepare(TrainForward(self.model), optimizer)
+        cache = EncoderCache() if opts.cache_encoder else None
+        self.module, self.optimizer = acc.prepare(TrainForward(self.model, cache), optimizer)
         self.state = {"step": 0, "losses": [], "tokens": 0, "elapsed_s": 0.0}
         if opts.resume:
             self._resume()
@@ -205,6 +207,8 @@ class Trainer:
 
     def _prepare_model(self) -> None:
         opts, model = self.opts, self.model
+        if opts.cache_encoder and (opts.train_encoder or (opts.lora.encoder and not opts.full)):
+            raise ValueError("--cache-encoder needs a frozen audio encoder")
         if not opts.full:
             if opts.lora.encoder and opts.train_encoder:
                 raise ValueError("--lora-encoder and --train-encoder exclude each other")
