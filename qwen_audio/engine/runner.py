@@ -11,6 +11,8 @@ from .sequence import Sequence
 
 # Clips are encoded in padded batches; a batch closes when padding would exceed this share.
 MAX_ENCODER_PADDING = 0.25
+# Mel frames per encoder batch: bounds the activation memory (two 30 s clips).
+MAX_ENCODER_FRAMES = 6000
 
 
 class ModelRunner:
@@ -104,13 +106,14 @@ class ModelRunner:
 
 
 def _length_groups(lengths: list[int]) -> list[list[int]]:
-    """Split indices of ascending `lengths` into batches whose padding stays small."""
+    """Split indices of ascending `lengths` into batches with little padding and bounded size."""
     groups: list[list[int]] = []
     for i, n in enumerate(lengths):
         if groups:
             g = groups[-1]
             total = sum(lengths[j] for j in g) + n
-            if n * (len(g) + 1) <= total * (1 + MAX_ENCODER_PADDING):
+            small_padding = n * (len(g) + 1) <= total * (1 + MAX_ENCODER_PADDING)
+            if small_padding and n * (len(g) + 1) <= MAX_ENCODER_FRAMES:
                 g.append(i)
                 continue
         groups.append([i])
