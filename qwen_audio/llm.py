@@ -93,6 +93,10 @@ def load_checkpoint(
         from .engine.quant import quantize_model
 
         quantize_model(net, quantize)
+    else:
+        from .engine.kernels import use_decode_kernels
+
+        use_decode_kernels(net)  # bf16 on AVX512-BF16 CPUs: compiled once, before any request
     return Checkpoint(path, config, tokenizer, renderer, GenerationDefaults.from_dir(path), net)
 
 
