@@ -25,6 +25,14 @@ def add_model_options(p: argparse.ArgumentParser, *, required: bool = False) -> 
         default="split",
         help="audio over 30 s: split into 30 s windows (default), keep the first 30 s, or refuse",
     )
+    p.add_argument(
+        "--allow-download",
+        action="store_true",
+        help="a hub id missing from the local cache may be downloaded (off: cache only)",
+    )
+    p.add_argument(
+        "--allow-remote-audio", action="store_true", help="accept http(s) URLs as audio input"
+    )
 
 
 def add_chat_command(sub) -> None:
@@ -132,6 +140,8 @@ def _load(args):
         device=args.device,
         quantize=args.quantize,
         long_audio=args.long_audio,
+        allow_download=args.allow_download,
+        allow_remote_audio=args.allow_remote_audio,
     )
 
 
