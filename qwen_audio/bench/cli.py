@@ -38,6 +38,11 @@ def add_bench_subcommand(sub) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--quantize", choices=["int8"], default=None, help="also run ours with int8")
     p.add_argument("--workloads", default=ALL_WORKLOADS)
+    p.add_argument(
+        "--quality",
+        action="store_true",
+        help="also measure bf16 (and int8) against float32: logits cosine, greedy agreement",
+    )
     p.set_defaults(func=run_bench)
 
 
@@ -115,6 +120,20 @@ def run_bench(args) -> int:
                 f"decode roofline ({c}): {bandwidth:.1f} GB/s / {per_token / 2**20:.0f} MiB "
                 f"per token = {limit:.1f} tok/s; achieved {roofline[c]['fraction']:.0%}"
             )
+    quality = {}
+    if args.quality:
+        from .quality import measure_quality
+
+        variants = [("bfloat16", "bfloat16", None)]
+        if args.quantize:
+            variants.append(("int8", "bfloat16", args.quantize))
+        quality = measure_quality(args.model, variants)
+        for label, q in quality.items():
+            print(
+                f"quality vs float32 ({label}): logits cosine mean {q['logits_cosine_mean']:.5f} "
+                f"(min {q['logits_cosine_min']:.5f}), first token {q['first_token_agreement']:.0%}, "
+                f"greedy tokens identical {q['greedy_leading_agreement']:.0%} of {32}"
+            )
     machine = f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}"
     print(f"machine: {machine}; dtype {args.dtype}; lower-is-better rows: TTFT and RSS")
     print(
@@ -124,6 +143,7 @@ def run_bench(args) -> int:
                 "ratios_vs_transformers": ratios,
                 "memory_bandwidth_gbs": bandwidth,
                 "roofline": roofline,
+                "quality_vs_float32": quality,
                 "machine": machine,
                 "dtype": args.dtype,
             }
