@@ -160,13 +160,14 @@ def load_model(
                             f"{f.name}: {key} has shape {tuple(tensor.shape)}, "
                             f"config.json implies {tuple(want)}"
                         )
+                    file_bytes = tensor.numel() * tensor.element_size()
                     if tensor.dtype != dtype:
                         tensor = tensor.to(dtype)
                     if device.type != "cpu":
                         tensor = tensor.to(device)
                     state[key] = tensor
                     if bar is not None:
-                        bar.update(tensor.numel() * tensor.element_size())
+                        bar.update(file_bytes)
         except SafetensorError as err:
             raise CheckpointError(f"cannot read {f}: {err}") from None
     if bar is not None:
