@@ -80,7 +80,6 @@ class LLMEngine:
         self.reserved = 0  # bytes promised to running sequences
         self._lock = threading.Lock()
         self._aborted: set[str] = set()
-        self._pending_outputs: list[StepOutput] = []
 
     # ---- requests -------------------------------------------------------------------------
     def add_request(self, req: EngineRequest) -> None:
@@ -109,7 +108,7 @@ class LLMEngine:
             self._aborted.add(request_id)
 
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running or self._aborted or self._pending_outputs)
+        return bool(self.waiting or self.running or self._aborted)
 
     def stats(self) -> dict:
         return {
