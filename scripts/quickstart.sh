@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Set up .venv, then run the main job: the model answers a question about a bundled recording
-# (qwen_audio/assets/samples/speech.wav, "The quick brown fox jumps over the lazy dog.").
+# (qwen_audio/assets/samples/speech.wav, a held-out demo sentence; samples.json has its text).
+#   scripts/quickstart.sh                                  the bundled demo model
 #   scripts/quickstart.sh --model DIR                      a checkpoint folder or a cached hub id
 #   scripts/quickstart.sh --model DIR --audio F --prompt T your own audio and question
-# Without --model it uses $QWEN_AUDIO_MODEL, else the bundled demo model once one ships.
+# Without --model it uses $QWEN_AUDIO_MODEL, else the bundled demo model.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRAS="${EXTRAS:-all}" scripts/install.sh >&2
@@ -14,7 +15,7 @@ fi
 if [[ " ${args[*]} " != *" --model "* && -z "${QWEN_AUDIO_MODEL:-}" && ! -f qwen_audio/assets/demo-model/config.json ]]; then
   echo "No model yet: pass a Qwen2-Audio checkpoint folder, e.g." >&2
   echo "  scripts/quickstart.sh --model ~/models/Qwen2-Audio-7B-Instruct" >&2
-  echo "(the bundled demo model of issue 7 is not trained yet; see the README)" >&2
+  echo "(the bundled demo model is missing from qwen_audio/assets/demo-model; see the README)" >&2
   exit 2
 fi
 exec .venv/bin/qwen-audio chat --temperature 0 "${args[@]}"

@@ -2,7 +2,7 @@
 
 What is made (counts at ``scale=1``; ``--scale 0.01`` makes a set in seconds for tests):
 
-    speech/train/   8,000 clips, one per distinct training sentence, training voices
+    speech/train/  12,000 clips, one per distinct training sentence, training voices
     speech/heldout/   400 clips of held-out sentences (no shared clause shape) in held-out voices
     sound/train/    1,800 non-speech clips, 200 per class; sound/eval/ 270, 30 per class
     chat/train/     each training question x 3 voices; chat/heldout/ held-out questions x 1
@@ -14,12 +14,11 @@ What is made (counts at ``scale=1``; ``--scale 0.01`` makes a set in seconds for
     text/sentences.jsonl (text, split, clause shapes), text/train_text.txt (every training prompt
                     and answer, for the tokenizer), manifest.json (counts, seconds, versions)
 
-Measured at scale 1 (seed 0, espeak-ng 1.51): 11,961 clips, 11.0 hours of audio (mean speech clip
-3.6 s, longest ~10 s), 753 MB, 17,478 training rows, 1,059 validation rows; 6,296 distinct clause
-shapes in the training sentences (321 held out), 3,555 distinct word forms, 9.5 words per
-sentence on average; 304 s with 2 workers at nice 19 on a shared 2-core machine. One pass of the
-tiny.en encoder over 11 h is ~30 TFLOP (minutes on 2 cores), so a trainer with a frozen encoder
-should compute its outputs once.
+Measured at scale 1 (seed 0, espeak-ng 1.51): 15,961 clips, 15.1 hours of audio (mean speech clip
+3.7 s, longest ~10 s), 1.1 GB, 18,863 training rows, 885 validation rows; 8,704 distinct clause
+shapes in the training sentences (321 held out), 3,683 distinct word forms; 158 s with 2 workers
+on the 2-core test VM. One pass of the tiny.en encoder over 15 h is ~40 TFLOP (minutes on 2
+cores), so a trainer with a frozen encoder should compute its outputs once.
 
 Audio is 16 kHz mono 16-bit FLAC. Audio paths in a JSONL file are relative to that file's folder
 (as the trainer and the eval runner resolve them), so the folder can be moved as a whole.
@@ -47,14 +46,16 @@ from qwen_audio.demo.sounds import SAMPLE_RATE, SOUND_CLASSES, make_sound
 
 MAX_WORKERS = 2
 FULL_COUNTS = {
-    "train_sentences": 8000,
+    "train_sentences": 12000,
     "heldout_sentences": 400,
     "train_sounds_per_class": 200,
     "eval_sounds_per_class": 30,
     "chat_voices_per_question": 3,
     "train_questions": 10**6,  # all of them at scale >= 0.2
 }
-TASK_RATES = {"voice": 0.30, "rate": 0.25, "count": 0.15, "speech_presence": 0.05}
+# Transcription is the hard task and every speech clip gets it; the side tasks are easy and each
+# extra row costs a full pass over its audio, so they come with a fraction of the clips.
+TASK_RATES = {"voice": 0.12, "rate": 0.08, "count": 0.06, "speech_presence": 0.03}
 RATE_CLASS_WEIGHTS = {"slow": 25, "normal": 50, "fast": 25}
 
 
