@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shlex
 import shutil
 import time
@@ -51,7 +52,7 @@ class RecipeOptions:
     scale: float = 1.0  # data size (data.py's counts are for scale 1)
     workers: int = demo_data.MAX_WORKERS
     shape: DecoderShape = field(default_factory=DecoderShape)
-    epochs: int = 3
+    epochs: int = 5  # 3 epochs: 43.1% held-out WER; 5: 36.3% (both measured)
     batch_size: int = 16  # rows per optimizer step
     # 1e-3: in 1,200-step trials 2e-3 gave 70% held-out WER against 51% at 1e-3, and 3e-3 hardly
     # learned to use the audio at all.
@@ -198,7 +199,8 @@ def pick_samples(work: Path, out: Path, seed: int, scale: float) -> dict:
             continue
         audio, rate = sf.read(row["audio_path"], dtype="int16")
         sf.write(out / name, audio, rate, subtype="PCM_16")
-        source_clip = Path(row["audio_path"]).resolve().relative_to(work / "data")
+        # normpath, not resolve: WORK/data may be a link to a data set made earlier
+        source_clip = Path(os.path.normpath(row["audio_path"])).relative_to(work / "data")
         picks[name] = {"gt": row["gt"], "prompt": row.get("prompt"), "from": str(source_clip)}
         if source == "demo_asr_heldout":
             spec = heldout_specs[int(Path(row["audio_path"]).stem)].speech
