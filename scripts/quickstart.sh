@@ -12,10 +12,4 @@ args=("$@")
 if [[ " ${args[*]} " != *" --audio "* ]]; then
   args+=(--audio qwen_audio/assets/samples/speech.wav --prompt "What does the person say?")
 fi
-if [[ " ${args[*]} " != *" --model "* && -z "${QWEN_AUDIO_MODEL:-}" && ! -f qwen_audio/assets/demo-model/config.json ]]; then
-  echo "No model yet: pass a Qwen2-Audio checkpoint folder, e.g." >&2
-  echo "  scripts/quickstart.sh --model ~/models/Qwen2-Audio-7B-Instruct" >&2
-  echo "(the bundled demo model is missing from qwen_audio/assets/demo-model; see the README)" >&2
-  exit 2
-fi
 exec .venv/bin/qwen-audio chat --temperature 0 "${args[@]}"

@@ -122,7 +122,7 @@ def run_bench(args) -> int:
             )
     quality = {}
     if args.quality:
-        from .quality import measure_quality
+        from .quality import TOKENS, measure_quality
 
         variants = [("bfloat16", "bfloat16", None)]
         if args.quantize:
@@ -132,7 +132,7 @@ def run_bench(args) -> int:
             print(
                 f"quality vs float32 ({label}): logits cosine mean {q['logits_cosine_mean']:.5f} "
                 f"(min {q['logits_cosine_min']:.5f}), first token {q['first_token_agreement']:.0%}, "
-                f"greedy tokens identical {q['greedy_leading_agreement']:.0%} of {32}"
+                f"greedy tokens identical {q['greedy_leading_agreement']:.0%} of {TOKENS}"
             )
     machine = f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}"
     print(f"machine: {machine}; dtype {args.dtype}; lower-is-better rows: TTFT and RSS")
