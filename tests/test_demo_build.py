@@ -35,6 +35,8 @@ def test_tokenizer_has_the_special_tokens_last_and_round_trips(tmp_path):
     assert json.loads((tmp_path / "tokenizer_config.json").read_text())["eos_token"] == (
         "<|endoftext|>"
     )
+    # The chat template's words are in every conversation, so they become whole tokens.
+    assert all(len(tok.encode(w)) == 1 for w in ("system", "user", "assistant", " helpful"))
 
 
 def test_initial_checkpoint_loads_with_the_whisper_encoder(tmp_path):

@@ -171,16 +171,20 @@ def test_tiny_rows_are_valid(tiny_sets):
     train = _read_jsonl(root / "train.jsonl")
     valid = _read_jsonl(root / "valid.jsonl")
     assert len(train) > 100 and len(valid) > 5
-    prompts = set()
+    prompts, follow_ups = set(), 0
     for row in train + valid:
-        user, assistant = row["messages"]
-        assert user["role"] == "user" and assistant["role"] == "assistant"
-        assert isinstance(assistant["content"], str) and assistant["content"]
-        audio = [p for p in user["content"] if p["type"] == "audio"]
-        text = [p for p in user["content"] if p["type"] == "text"]
-        assert len(audio) == 1 and len(text) <= 1
+        messages = row["messages"]
+        assert [m["role"] for m in messages] == ["user", "assistant"] * (len(messages) // 2)
+        assert all(isinstance(m["content"], str) and m["content"] for m in messages[1::2])
+        audio = [p for p in messages[0]["content"] if p["type"] == "audio"]
+        assert len(audio) == 1  # one clip per conversation, with the first question
         assert (root / audio[0]["audio_url"]).is_file()  # relative to the JSONL's folder
-        prompts.update(p["text"] for p in text)
+        for i, user in enumerate(messages[0::2]):
+            text = [p for p in user["content"] if p["type"] == "text"]
+            assert len(text) <= 1 and (i == 0 or (len(text) == 1 == len(user["content"])))
+            prompts.update(p["text"] for p in text)
+        follow_ups += len(messages) // 2 - 1
+    assert follow_ups > 0.3 * len(train)  # side questions ride along with a transcription
     voice_chat = [r for r in train if len(r["messages"][0]["content"]) == 1]
     assert voice_chat  # the question is only spoken
     for p in (tasks.EVAL_ASR_PROMPT, tasks.EVAL_VOICE_PROMPT, tasks.EVAL_SOUND_PROMPT):
@@ -203,8 +207,9 @@ def test_tiny_heldout_shares_no_shape_or_voice(tiny_sets):
     held = [s for s in sents if s["split"] == "heldout"]
     assert held and not {c for s in held for c in s["shapes"]} & train_shapes
     heldout_text = {s["text"] for s in held}
-    train_text = (root / "text" / "train_text.txt").read_text().splitlines()
-    assert not heldout_text & set(train_text)
+    train_text = (root / "text" / "train_text.txt").read_text()
+    assert len(train_text.splitlines()) == len(_read_jsonl(root / "train.jsonl"))
+    assert not [t for t in heldout_text if t in train_text]
     for row in _read_jsonl(root / "eval" / "demo_asr_heldout.jsonl"):
         assert row["gt"] in heldout_text and "/speech/heldout/" in row["audio"]
 

@@ -1,7 +1,8 @@
 """The demo model that ships in the package (qwen_audio/assets/demo-model, issue 7).
 
 `LLM()` without a path loads it; it must transcribe the shipped held-out sample exactly and name
-the shipped sound, in float32 and in the dtype `auto` picks on this machine.
+the shipped sound, in float32 and in the dtype `auto` picks on this machine, and say whether the
+sample's voice is male or female (the recipe picks a sample it got right in all of these).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from qwen_audio import LLM, SamplingParams
-from qwen_audio.demo.tasks import EVAL_ASR_PROMPT, EVAL_SOUND_PROMPT
+from qwen_audio.demo.tasks import EVAL_ASR_PROMPT, EVAL_SOUND_PROMPT, EVAL_VOICE_PROMPT
 from qwen_audio.llm import default_model_path
 
 ASSETS = Path(__file__).resolve().parents[1] / "qwen_audio" / "assets"
@@ -63,6 +64,7 @@ def test_demo_model_transcribes_the_shipped_sample_and_names_the_sound(dtype):
 
     assert SAMPLES["speech.wav"]["prompt"] == EVAL_ASR_PROMPT
     assert ask("speech.wav", EVAL_ASR_PROMPT) == SAMPLES["speech.wav"]["gt"]
+    assert ask("speech.wav", EVAL_VOICE_PROMPT) == SAMPLES["speech.wav"]["voice"]["gender"]
     sound = next(name for name in SAMPLES if name != "speech.wav")
     assert ask(sound, EVAL_SOUND_PROMPT) == SAMPLES[sound]["gt"]
 

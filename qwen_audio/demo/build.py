@@ -9,7 +9,7 @@ What the folder holds (the same files as a real Qwen2-Audio checkpoint, see QWEN
     chat_template.json, preprocessor_config.json (80 mel bins), generation_config.json (greedy)
 
 Size: tiny.en's encoder is 8.2 M parameters (16.4 MB in fp16, positions included); the default
-decoder below is 4.6 M with its 384-token embeddings and head, so the fp16 model is ~26 MB.
+decoder below is 4.7 M with its 512-token embeddings and head, so the fp16 model is ~26 MB.
 """
 
 from __future__ import annotations
@@ -47,8 +47,10 @@ from qwen_audio.prompt import DEFAULT_CHAT_TEMPLATE
 from qwen_audio.tokenizer import ENDOFTEXT, IM_END, QWEN2_SPLIT_PATTERN, REQUIRED_SPECIAL_TOKENS
 
 INIT_STD = 0.02  # GPT-2's initialisation of linear and embedding weights
-# Strings every prompt holds (from the chat template), so the tokenizer gives them few tokens.
-TEMPLATE_TEXT = ("system\nYou are a helpful assistant.\n", "user\nAudio 1: \n", "assistant\n")
+# The words the chat template adds to every conversation; counted once per training conversation,
+# they become whole tokens (at first "assistant" alone was 6 tokens and the template's text a third
+# of a transcription row's tokens).
+TEMPLATE_TEXT = "system\nYou are a helpful assistant.\nuser\nAudio 1: \nassistant\n"
 
 
 @dataclass(frozen=True)
@@ -56,8 +58,9 @@ class DecoderShape:
     """The demo's Qwen2 decoder; names follow `text_config`."""
 
     # tokenizer (BPE + 6 special tokens) = LM vocab. Small on purpose: short sub-word units recur
-    # across many words, so a word seen a few times in training is still spelled right.
-    vocab_size: int = 384
+    # across many words, so a word seen a few times in training is still spelled right (384 beat
+    # 1,024); 512 leaves room for the chat template's words as whole tokens.
+    vocab_size: int = 512
     hidden_size: int = 256
     intermediate_size: int = 704
     num_hidden_layers: int = 6
@@ -71,7 +74,8 @@ class DecoderShape:
 def train_tokenizer(
     lines: Iterable[str], out_dir: str | Path, vocab_size: int = DecoderShape.vocab_size
 ) -> dict[str, int]:
-    """Train a byte-level BPE on `lines` and write the tokenizer files of a Qwen2 checkpoint.
+    """Train a byte-level BPE on `lines` (one training conversation's text each) and write the
+    tokenizer files of a Qwen2 checkpoint.
 
     `vocab_size` counts the six special tokens, which take the last ids (as in the real
     tokenizer, where they follow the BPE vocabulary). Returns the special ids by token.
@@ -93,7 +97,7 @@ def train_tokenizer(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator([*TEMPLATE_TEXT, *lines], trainer=trainer)
+    tok.train_from_iterator((TEMPLATE_TEXT + line for line in lines), trainer=trainer)
     tok.add_special_tokens(
         [AddedToken(t, special=True, normalized=False) for t in REQUIRED_SPECIAL_TOKENS]
     )

@@ -2,22 +2,24 @@
 
 What is made (counts at ``scale=1``; ``--scale 0.01`` makes a set in seconds for tests):
 
-    speech/train/  12,000 clips, one per distinct training sentence, training voices
+    speech/train/  22,000 clips, one per distinct training sentence, training voices
     speech/heldout/   400 clips of held-out sentences (no shared clause shape) in held-out voices
     sound/train/    1,800 non-speech clips, 200 per class; sound/eval/ 270, 30 per class
     chat/train/     each training question x 3 voices; chat/heldout/ held-out questions x 1
-    train.jsonl     chat rows: transcription on every speech clip, plus the speaker's voice (30%),
-                    speech rate (25%), word count (15%), is-there-speech (5%); sound class or
-                    description on every sound clip, is-there-speech (10%); voice chat
+    train.jsonl     one conversation per clip: transcription of every speech clip, with follow-up
+                    questions on the speaker's voice (50% of clips), speech rate (30%), word count
+                    (20%), is-there-speech (5%), in random order; the sound class or description
+                    of every sound clip, is-there-speech (10%); voice chat
     valid.jsonl     the same tasks on the held-out speech, eval sounds and held-out questions
     eval/demo_asr_heldout.jsonl, eval/demo_voice.jsonl, eval/demo_sound.jsonl   (generic eval rows)
-    text/sentences.jsonl (text, split, clause shapes), text/train_text.txt (every training prompt
-                    and answer, for the tokenizer), manifest.json (counts, seconds, versions)
+    text/sentences.jsonl (text, split, clause shapes), text/train_text.txt (the text of each
+                    training conversation, one per line, for the tokenizer), manifest.json
+                    (counts, seconds, versions)
 
-Measured at scale 1 (seed 0, espeak-ng 1.51): 15,961 clips, 15.1 hours of audio (mean speech clip
-3.7 s, longest ~10 s), 1.1 GB, 18,863 training rows, 885 validation rows; 8,704 distinct clause
-shapes in the training sentences (321 held out), 3,683 distinct word forms; 158 s with 2 workers
-on the 2-core test VM. One pass of the tiny.en encoder over 15 h is ~40 TFLOP (minutes on 2
+Measured at scale 1 (seed 0, espeak-ng 1.51): 25,961 clips, 25.3 hours of audio (mean speech clip
+3.7 s, longest ~10 s), 1.8 GB, 25,240 training rows, 721 validation rows; 13,512 distinct clause
+shapes in the training sentences (321 held out), 3,774 distinct word forms; 264 s with 2 workers
+on the 2-core test VM. One pass of the tiny.en encoder over 25 h is ~70 TFLOP (minutes on 2
 cores), so a trainer with a frozen encoder should compute its outputs once.
 
 Audio is 16 kHz mono 16-bit FLAC. Audio paths in a JSONL file are relative to that file's folder
@@ -46,16 +48,17 @@ from qwen_audio.demo.sounds import SAMPLE_RATE, SOUND_CLASSES, make_sound
 
 MAX_WORKERS = 2
 FULL_COUNTS = {
-    "train_sentences": 12000,
+    "train_sentences": 22000,
     "heldout_sentences": 400,
     "train_sounds_per_class": 200,
     "eval_sounds_per_class": 30,
     "chat_voices_per_question": 3,
     "train_questions": 10**6,  # all of them at scale >= 0.2
 }
-# Transcription is the hard task and every speech clip gets it; the side tasks are easy and each
-# extra row costs a full pass over its audio, so they come with a fraction of the clips.
-TASK_RATES = {"voice": 0.12, "rate": 0.08, "count": 0.06, "speech_presence": 0.03}
+# Every speech clip is transcribed; the side questions are follow-up turns of the same row (a few
+# text tokens each, no second pass over the audio), asked about a fraction of the clips.
+TASK_RATES = {"voice": 0.5, "rate": 0.3, "count": 0.2, "speech_presence": 0.05}
+SOUND_PRESENCE_RATE = 0.1
 RATE_CLASS_WEIGHTS = {"slow": 25, "normal": 50, "fast": 25}
 
 
@@ -192,22 +195,24 @@ def generate(out_dir: str | Path, seed: int = 0, scale: float = 1.0, workers: in
 
     def add_speech(job: Job, rows: list[dict]) -> None:
         spec, audio = job.speech, job.path
-        rows.append(tasks.chat_row(audio, *tasks.transcription(spec.text, rng), rng))
+        turns = [tasks.transcription(spec.text, rng)]
         extra = {
             "voice": lambda: tasks.voice(spec.gender, spec.rate_class, rng),
             "rate": lambda: tasks.speech_rate(spec.rate_class, rng),
             "count": lambda: tasks.word_count(spec.text, rng),
             "speech_presence": lambda: tasks.speech_presence(True, "", rng),
         }
-        for task, p in TASK_RATES.items():
-            if rng.random() < p:
-                rows.append(tasks.chat_row(audio, *extra[task](), rng))
+        turns += [extra[task]() for task, p in TASK_RATES.items() if rng.random() < p]
+        rng.shuffle(turns)  # each question is asked first sometimes, as the evals ask it
+        rows.append(tasks.conversation(audio, turns, rng))
 
     def add_sound(job: Job, rows: list[dict]) -> None:
         audio, desc = job.path, results[job.path]["description"]
-        rows.append(tasks.chat_row(audio, *tasks.sound(job.sound_label, desc, rng), rng))
-        if rng.random() < 0.1:
-            rows.append(tasks.chat_row(audio, *tasks.speech_presence(False, desc, rng), rng))
+        turns = [tasks.sound(job.sound_label, desc, rng)]
+        if rng.random() < SOUND_PRESENCE_RATE:
+            turns.append(tasks.speech_presence(False, desc, rng))
+        rng.shuffle(turns)
+        rows.append(tasks.conversation(audio, turns, rng))
 
     for job in groups["speech/train"]:
         add_speech(job, train_rows)
@@ -253,13 +258,15 @@ def _write_text(root: Path, p: Plan, train_rows: list[dict]) -> None:
         for split, sents in (("train", train), ("heldout", heldout)):
             for s in sents:
                 f.write(json.dumps({"text": s.text, "split": split, "shapes": list(s.clause_shapes)}) + "\n")  # fmt: skip
-    lines: dict[str, None] = {}
+    # One line per training conversation, so that the tokenizer counts words as often as the
+    # trainer will see them (a BPE spends its merges on what is frequent).
+    lines = []
     for row in train_rows:
+        texts = []
         for m in row["messages"]:
             parts = m["content"] if isinstance(m["content"], list) else [{"type": "text", "text": m["content"]}]  # fmt: skip
-            for p in parts:
-                if p["type"] == "text":
-                    lines.setdefault(p["text"], None)
+            texts += [p["text"].replace("\n", " ") for p in parts if p["type"] == "text"]
+        lines.append(" ".join(texts))
     (root / "text" / "train_text.txt").write_text("\n".join(lines) + "\n")
 
 

@@ -7,7 +7,8 @@ A training row is one conversation::
                                      {"type": "text", "text": "What does the person say?"}]},
         {"role": "assistant", "content": "The dog ate my sandwich."}]}
 
-Voice chat rows have only the audio part: the question is spoken. An eval row is the generic eval
+Voice chat rows have only the audio part: the question is spoken. A speech clip's side questions
+(voice, rate, word count) are follow-up turns of its transcription conversation, in random order. An eval row is the generic eval
 format: ``{"audio", "prompt", "gt", "source"}``. The eval prompts below also appear, word for word,
 in training, so the model learns to answer them with the bare label that accuracy is scored on.
 """
@@ -45,7 +46,23 @@ def user(audio: str, text: str | None, rng: random.Random) -> dict:
 
 
 def chat_row(audio: str, prompt: str | None, answer: str, rng: random.Random) -> dict:
-    return {"messages": [user(audio, prompt, rng), {"role": "assistant", "content": answer}]}
+    return conversation(audio, [(prompt, answer)], rng)
+
+
+def conversation(audio: str, turns: list[tuple[str | None, str]], rng: random.Random) -> dict:
+    """Several questions about one clip; the audio comes with the first question.
+
+    A follow-up question costs the trainer a few text tokens, where a row of its own costs a whole
+    pass over the clip's ~90 audio tokens again.
+    """
+    messages: list[dict] = []
+    for i, (prompt, answer) in enumerate(turns):
+        if i == 0:
+            messages.append(user(audio, prompt, rng))
+        else:
+            messages.append({"role": "user", "content": [{"type": "text", "text": prompt}]})
+        messages.append({"role": "assistant", "content": answer})
+    return {"messages": messages}
 
 
 def eval_row(audio: str, prompt: str, gt: str, source: str) -> dict:
