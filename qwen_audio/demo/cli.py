@@ -20,7 +20,7 @@ def add_demo_subcommands(subparsers) -> None:
     )
     p.add_argument("--work", type=Path, default=Path("build/demo"), help="output folder")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--scale", type=float, default=1.0, help="data size (1: 22,000 sentences)")
+    p.add_argument("--scale", type=float, default=1.0, help="data size (1: 19,000 sentences)")
     p.add_argument("--workers", type=int, default=2, help="data generation processes (max 2)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate")

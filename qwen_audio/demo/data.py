@@ -2,7 +2,7 @@
 
 What is made (counts at ``scale=1``; ``--scale 0.01`` makes a set in seconds for tests):
 
-    speech/train/  22,000 clips, one per distinct training sentence, training voices
+    speech/train/  19,000 clips, one per distinct training sentence, training voices
     speech/heldout/   400 clips of held-out sentences (no shared clause shape) in held-out voices
     sound/train/    1,800 non-speech clips, 200 per class; sound/eval/ 270, 30 per class
     chat/train/     each training question x 3 voices; chat/heldout/ held-out questions x 1
@@ -16,10 +16,10 @@ What is made (counts at ``scale=1``; ``--scale 0.01`` makes a set in seconds for
                     training conversation, one per line, for the tokenizer), manifest.json
                     (counts, seconds, versions)
 
-Measured at scale 1 (seed 0, espeak-ng 1.51): 25,961 clips, 25.3 hours of audio (mean speech clip
-3.7 s, longest ~10 s), 1.8 GB, 25,240 training rows, 721 validation rows; 13,512 distinct clause
-shapes in the training sentences (321 held out), 3,774 distinct word forms; 264 s with 2 workers
-on the 2-core test VM. One pass of the tiny.en encoder over 25 h is ~70 TFLOP (minutes on 2
+Measured at scale 1 (seed 0, espeak-ng 1.51): 22,961 clips, 22.3 hours of audio (mean speech clip
+3.7 s, longest ~10 s), 1.6 GB, 22,240 training rows, 721 validation rows; 12,216 distinct clause
+shapes in the training sentences (321 held out), 3,757 distinct word forms; 229 s with 2 workers
+on the 2-core test VM. One pass of the tiny.en encoder over 22 h is ~60 TFLOP (minutes on 2
 cores), so a trainer with a frozen encoder should compute its outputs once.
 
 Audio is 16 kHz mono 16-bit FLAC. Audio paths in a JSONL file are relative to that file's folder
@@ -48,7 +48,7 @@ from qwen_audio.demo.sounds import SAMPLE_RATE, SOUND_CLASSES, make_sound
 
 MAX_WORKERS = 2
 FULL_COUNTS = {
-    "train_sentences": 22000,
+    "train_sentences": 19000,
     "heldout_sentences": 400,
     "train_sounds_per_class": 200,
     "eval_sounds_per_class": 30,
