@@ -8,9 +8,10 @@ A training row is one conversation::
         {"role": "assistant", "content": "The dog ate my sandwich."}]}
 
 Voice chat rows have only the audio part: the question is spoken. A speech clip's side questions
-(voice, rate, word count) are follow-up turns of its transcription conversation, in random order. An eval row is the generic eval
-format: ``{"audio", "prompt", "gt", "source"}``. The eval prompts below also appear, word for word,
-in training, so the model learns to answer them with the bare label that accuracy is scored on.
+(voice, rate, word count) are follow-up turns of its transcription conversation, in random order.
+An eval row is the generic eval format: ``{"audio", "prompt", "gt", "source"}``. The eval prompts
+below also appear, word for word, in training, so the model learns to answer them with the bare
+label that accuracy is scored on.
 """
 
 from __future__ import annotations
