@@ -8,7 +8,8 @@ writes the new keys/values and advances the cache length itself, so nothing is h
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
@@ -91,6 +92,13 @@ class KVCache:
             self.buffer = self.buffer[:, :, :, : self.length].clone()
 
 
+class PaddedLayout(NamedTuple):
+    gather: torch.Tensor  # (B * M,) packed row of each grid cell; padding cells read row 0
+    keep: torch.Tensor  # (T,) grid cell of each packed row
+    batch: int  # B sequences
+    width: int  # M, the longest sequence
+
+
 @dataclass
 class AttentionBatch:
     """How the packed tokens split into sequences.
@@ -102,6 +110,7 @@ class AttentionBatch:
 
     seq_lens: list[int]
     caches: list[KVCache] | None = None
+    _padding: PaddedLayout | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.caches is not None and len(self.caches) != len(self.seq_lens):
@@ -115,6 +124,20 @@ class AttentionBatch:
         """Row of each sequence's last new token in the packed tensor (where logits are needed)."""
         ends = torch.tensor(self.seq_lens).cumsum(0)
         return ends - 1
+
+    def padded_layout(self, device: torch.device) -> PaddedLayout:
+        """Where the packed tokens go on a right-padded (sequences x longest) grid. Computed
+        once per batch, as every layer uses it."""
+        if self._padding is None or self._padding.gather.device != device:
+            lens = torch.tensor(self.seq_lens, device=device)
+            width = int(lens.max())
+            pos = torch.arange(width, device=device)[None, :]
+            valid = pos < lens[:, None]
+            starts = (lens.cumsum(0) - lens)[:, None]
+            gather = torch.where(valid, starts + pos, torch.zeros_like(pos)).flatten()
+            keep = valid.flatten().nonzero().flatten()
+            self._padding = PaddedLayout(gather, keep, len(self.seq_lens), width)
+        return self._padding
 
     @staticmethod
     def single(num_tokens: int, cache: KVCache | None = None) -> AttentionBatch:
