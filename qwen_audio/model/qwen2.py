@@ -49,8 +49,8 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos + rotated * sin
 
 
-# Above this many attention scores (B x H x M x M), cache-free sequences are attended one at a
-# time again: the padded path keeps its scores for the backward, the fused kernel does not.
+# Above this many attention scores (B x H x M x M), the CPU path attends cache-free sequences one
+# at a time again: its matmuls keep the scores for the backward, the fused kernel does not.
 PADDED_SCORES_LIMIT = 1 << 24
 
 
@@ -58,20 +58,20 @@ def padded_causal_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: AttentionBatch, fused: bool
 ) -> torch.Tensor | None:
     """Causal attention of all the (cache-free) sequences of a batch in one call, on a
-    right-padded (B, M) grid: q (H, T, D), k and v (Hkv, T, D) -> (H, T, D); None when the grid's
-    scores would exceed PADDED_SCORES_LIMIT.
+    right-padded (B, M) grid: q (H, T, D), k and v (Hkv, T, D) -> (H, T, D); None when the
+    matmul path's scores would exceed PADDED_SCORES_LIMIT.
 
     Training and scoring pack many short sequences, and one fused attention call per sequence is
-    slow on CPU for short inputs, its backward most (one padded call makes a demo-model training
-    step 1.28x faster). With right padding a token's causal window holds only tokens of its own
-    sequence, so the causal mask is the only mask; the padded rows are dropped. `fused`: the
-    fused kernel on the grid (CUDA), else matmuls and a float32 softmax (CPU).
+    slow on CPU for short inputs, its backward most (one padded call takes a demo-model training
+    step from 0.39 to 0.29 s on 2 cores). With right padding a token's causal window holds only
+    tokens of its own sequence, so the causal mask is the only mask; the padded rows are dropped.
+    `fused`: the fused kernel on the grid (CUDA), else matmuls and a float32 softmax (CPU).
     """
     H, T, D = q.shape
     Hkv = k.shape[0]
     layout = batch.padded_layout(q.device)
     B, M = layout.batch, layout.width
-    if B * H * M * M > PADDED_SCORES_LIMIT:
+    if not fused and B * H * M * M > PADDED_SCORES_LIMIT:
         return None
 
     def grid(x: torch.Tensor) -> torch.Tensor:  # (heads, T, D) -> (B, heads, M, D)
