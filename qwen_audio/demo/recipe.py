@@ -57,7 +57,8 @@ class RecipeOptions:
     # (overfitted): so more sentences with fewer passes. With the follow-up turns and the
     # conversation-weighted tokenizer: 22,000 sentences x 3 epochs 32.5% (47 min), 19,000 x 4
     # epochs 27.8% (50 min). With the padded training attention (1.35x faster steps) 19,000 x 5
-    # epochs 24.8% in 48 min, the default; an auxiliary CTC loss on the decoder's audio positions
+    # epochs 24.8% in 48 min, the default (24,000 x 4: 24.6%, voice 97.5%, 52 min: no gain);
+    # an auxiliary CTC loss on the decoder's audio positions
     # was worse (1,000 steps: 77.0% against 73.3%; branch exp/ctc-aux-loss).
     epochs: int = 5
     batch_size: int = 16  # rows per optimizer step
