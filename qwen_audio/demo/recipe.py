@@ -58,8 +58,8 @@ class RecipeOptions:
     # conversation-weighted tokenizer: 22,000 sentences x 3 epochs 32.5% (47 min), 19,000 x 4
     # epochs 27.8% (50 min). With the padded training attention (1.35x faster steps) 19,000 x 5
     # epochs 24.8% in 48 min, the default (24,000 x 4: 24.6%, voice 97.5%, 52 min: no gain);
-    # an auxiliary CTC loss on the decoder's audio positions
-    # was worse (1,000 steps: 77.0% against 73.3%; branch exp/ctc-aux-loss).
+    # an auxiliary CTC loss on the decoder's audio positions was worse (1,000 steps: 77.0%
+    # against 73.3%; branch exp/ctc-aux-loss).
     epochs: int = 5
     batch_size: int = 16  # rows per optimizer step
     # 1e-3: in 1,200-step trials 2e-3 gave 70% held-out WER against 51% at 1e-3, and 3e-3 hardly
