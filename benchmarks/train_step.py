@@ -3,8 +3,8 @@
 The step is what `qwen-audio finetune --full --train-projector --bf16` does: the audio encoder
 frozen, projector and decoder trained, bf16 autocast, AdamW. Ours packs the conversations and
 encodes each clip at its own length; transformers pads them, as its processor does (every clip
-to 30 s of features). The batch: `--batch` conversations, each a 2-5 s clip (seeded noise and
-tones: only speed matters here), a question and a one-sentence answer. Needs transformers (dev
+to 30 s of features). The batch: `--batch` conversations, each a 2-5 s clip (the tests' seeded
+noise and tone: only speed matters here), a question and a one-sentence answer. Needs transformers (dev
 extra). Prints seconds per step and the ratio; the last line is JSON.
 
     python benchmarks/train_step.py [MODEL] [--batch 16] [--steps 5]
@@ -26,6 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from tests.conftest import noise_clip  # noqa: E402
+
 ANSWERS = [
     "The dog ate my sandwich on the way to school.",
     "Please close the window before you leave.",
@@ -38,11 +40,9 @@ def conversations(n: int, seed: int = 0) -> list[list[dict]]:
     rng = np.random.default_rng(seed)
     convs = []
     for i in range(n):
-        seconds = rng.uniform(2.0, 5.0)
-        t = np.arange(int(seconds * 16000)) / 16000
-        clip = 0.2 * np.sin(2 * np.pi * rng.uniform(150, 600) * t) + 0.05 * rng.normal(size=t.size)
+        clip = noise_clip(rng.uniform(2.0, 5.0), seed=seed + i)
         user = [
-            {"type": "audio", "audio": (clip.astype(np.float32), 16000)},
+            {"type": "audio", "audio": (clip, 16000)},
             {"type": "text", "text": "What does the person say?"},
         ]
         answer = ANSWERS[i % len(ANSWERS)]

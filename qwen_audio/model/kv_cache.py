@@ -93,10 +93,10 @@ class KVCache:
 
 
 class PaddedLayout(NamedTuple):
+    """A (B sequences x M = longest) grid for the packed tokens of an AttentionBatch."""
+
     gather: torch.Tensor  # (B * M,) packed row of each grid cell; padding cells read row 0
     keep: torch.Tensor  # (T,) grid cell of each packed row
-    batch: int  # B sequences
-    width: int  # M, the longest sequence
 
 
 @dataclass
@@ -130,13 +130,12 @@ class AttentionBatch:
         once per batch, as every layer uses it."""
         if self._padding is None or self._padding.gather.device != device:
             lens = torch.tensor(self.seq_lens, device=device)
-            width = int(lens.max())
-            pos = torch.arange(width, device=device)[None, :]
+            pos = torch.arange(max(self.seq_lens), device=device)[None, :]
             valid = pos < lens[:, None]
             starts = (lens.cumsum(0) - lens)[:, None]
             gather = torch.where(valid, starts + pos, torch.zeros_like(pos)).flatten()
             keep = valid.flatten().nonzero().flatten()
-            self._padding = PaddedLayout(gather, keep, len(self.seq_lens), width)
+            self._padding = PaddedLayout(gather, keep)
         return self._padding
 
     @staticmethod

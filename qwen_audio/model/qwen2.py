@@ -69,10 +69,11 @@ def padded_causal_attention(
     """
     H, T, D = q.shape
     Hkv = k.shape[0]
-    layout = batch.padded_layout(q.device)
-    B, M = layout.batch, layout.width
+    B, M = len(batch.seq_lens), max(batch.seq_lens)
     if not fused and B * H * M * M > PADDED_SCORES_LIMIT:
         return None
+
+    layout = batch.padded_layout(q.device)
 
     def grid(x: torch.Tensor) -> torch.Tensor:  # (heads, T, D) -> (B, heads, M, D)
         # index_select, not x[:, index]: its backward (index_add) is the fast one on CPU
