@@ -1,5 +1,6 @@
 """`qwen-audio finetune --cache-encoder` (added for the demo model's recipe): a frozen encoder's
-output is kept per clip, so each clip is encoded once, and the training forward is unchanged."""
+output is kept per clip, so each clip is encoded once, and the training forward is unchanged.
+With `--train-encoder-layers N` the cache keeps the states entering the top N (trained) layers."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 from qwen_audio.llm import load_checkpoint
 from qwen_audio.train.batching import pack
 from qwen_audio.train.forward import EncoderCache, token_logprobs
+from qwen_audio.train.lora import TrainableParts, set_trainable
 from qwen_audio.train.trainer import Trainer, TrainOptions
 from tests.conftest import noise_clip
 
@@ -19,11 +21,8 @@ def _conversation(audio: str, question: str, answer: str) -> list[dict]:
     return [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
 
 
-def test_cached_encoder_gives_the_same_logprobs_and_encodes_each_clip_once(
-    checkpoints, tmp_path, monkeypatch
-):
-    ckpt = load_checkpoint(checkpoints("gqa1"), dtype="float32")
-    model, renderer = ckpt.model, ckpt.renderer
+def _batch(renderer, tmp_path):
+    """Three rows on two clips of different lengths (the first clip is used twice)."""
     clips = []
     for i, seconds in enumerate((1.0, 1.7)):
         clips.append(str(tmp_path / f"c{i}.wav"))
@@ -33,9 +32,17 @@ def test_cached_encoder_gives_the_same_logprobs_and_encodes_each_clip_once(
         _conversation(clips[1], "Describe it.", "noise and a tone"),
         _conversation(clips[0], "Again?", "yes"),  # same clip: one entry in the cache
     ]
-    batch = pack(
+    return pack(
         [renderer.render_chat(m, add_generation_prompt=False, with_loss_mask=True) for m in rows]
     )
+
+
+def test_cached_encoder_gives_the_same_logprobs_and_encodes_each_clip_once(
+    checkpoints, tmp_path, monkeypatch
+):
+    ckpt = load_checkpoint(checkpoints("gqa1"), dtype="float32")
+    model, renderer = ckpt.model, ckpt.renderer
+    batch = _batch(renderer, tmp_path)
     assert len(batch.clip_keys) == len(batch.features) == 2
 
     calls = []
@@ -72,3 +79,67 @@ def test_cache_encoder_refuses_a_trained_encoder(checkpoints, tmp_path):
     trainer.opts, trainer.model = opts, load_checkpoint(opts.model, dtype="float32").model
     with pytest.raises(ValueError, match="frozen audio encoder"):
         trainer._prepare_model()
+
+
+def test_the_encoder_split_at_any_layer_gives_the_forward(checkpoints, tmp_path):
+    tower = load_checkpoint(checkpoints("gqa1"), dtype="float32").model.audio_tower
+    batch = _batch(load_checkpoint(checkpoints("gqa1")).renderer, tmp_path)
+    features, frames = batch.features, batch.num_frames
+    with torch.no_grad():
+        want = tower(features, frames)
+        for k in range(len(tower.layers) + 1):
+            states = tower.frame_states(features, frames, k)
+            assert [s.shape[0] for s in states] == [(n - 1) // 2 + 1 for n in frames]
+            got = tower.from_frame_states(states, frames, k)
+            for g, w in zip(got, want):
+                torch.testing.assert_close(g, w, rtol=0, atol=1e-6)
+
+
+def test_cache_with_trained_top_layers_gives_the_same_logprobs_and_gradients(
+    checkpoints, tmp_path, monkeypatch
+):
+    model = load_checkpoint(checkpoints("gqa1"), dtype="float32").model
+    batch = _batch(load_checkpoint(checkpoints("gqa1")).renderer, tmp_path)
+    depth = len(model.audio_tower.layers)
+    parts = TrainableParts(projector=True, encoder_top_layers=1)
+    assert parts.full_modules(model) == [
+        "multi_modal_projector",
+        f"audio_tower.layers.{depth - 1}",
+        "audio_tower.layer_norm",
+    ]
+    set_trainable(model, parts)
+    trained = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trained and all(n.startswith(tuple(parts.full_modules(model))) for n in trained)
+
+    def grads() -> dict[str, torch.Tensor]:
+        out = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad(set_to_none=True)
+        return out
+
+    ref = token_logprobs(model, batch)  # the encoder runs whole, gradients reach its top layer
+    ref.sum().backward()
+    want = grads()
+    assert set(want) == set(trained)
+
+    calls = []
+    frame_states = model.audio_tower.frame_states
+    monkeypatch.setattr(
+        model.audio_tower,
+        "frame_states",
+        lambda f, n, k: calls.append((len(f), k)) or frame_states(f, n, k),
+    )
+    cache = EncoderCache(trained_top_layers=1)
+    for _ in range(2):
+        got = token_logprobs(model, batch, cache)
+        torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
+        got.sum().backward()
+        for name, grad in grads().items():
+            torch.testing.assert_close(grad, want[name], rtol=1e-4, atol=1e-6)
+    assert calls == [(2, depth - 1)]  # the frozen layers ran once per clip
+
+
+def test_top_layer_count_is_checked(checkpoints):
+    model = load_checkpoint(checkpoints("gqa1"), dtype="float32").model
+    depth = len(model.audio_tower.layers)
+    with pytest.raises(ValueError, match=f"has {depth} layers"):
+        TrainableParts(encoder_top_layers=depth + 1).full_modules(model)

@@ -145,3 +145,25 @@ def our_logits(llm: LLM, text: str, samples) -> torch.Tensor:
             ids, torch.arange(len(ids)), AttentionBatch.single(len(ids)), torch.cat(clips)
         )
         return model.logits(hidden)
+
+
+def test_top_encoder_layers_train_with_the_rest_of_the_encoder_cached(
+    checkpoints, asr_data, tmp_path
+):
+    """`--train-encoder-layers 1 --cache-encoder`: the same losses as without the cache, and the
+    exported checkpoint changes the top encoder layer and norm but none of the layers below."""
+    base = checkpoints("gqa1")
+    data, _ = asr_data
+    kw = dict(full=True, train_encoder_layers=1, max_steps=3, batch_size=2, lr=1e-3)
+    cached = finetune(options(base, data, tmp_path / "cached", cache_encoder=True, **kw))
+    plain = finetune(options(base, data, tmp_path / "plain", **kw))
+    assert cached.losses == pytest.approx(plain.losses, rel=1e-4)
+
+    before = load_file(str(base / "model.safetensors"))
+    after = load_file(str(tmp_path / "cached" / "model.safetensors"))
+    top = max(int(k.split(".")[2]) for k in after if k.startswith("audio_tower.layers."))
+    for key, value in after.items():
+        if not key.startswith("audio_tower."):
+            continue
+        trained = key.startswith((f"audio_tower.layers.{top}.", "audio_tower.layer_norm."))
+        assert torch.equal(value, before[key]) != trained, key

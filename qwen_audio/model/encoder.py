@@ -86,6 +86,31 @@ class AudioEncoder(nn.Module):
         features[i]: (n_mels, F_i) with F_i >= min(L_i + 2, 3000) frames; returns one
         (N_i, d_model) tensor per clip.
         """
+        x, key_mask = self._embed(features, num_mel_frames)
+        x = self._run_layers(x, key_mask, 0)
+        return self._pool(x, num_mel_frames)
+
+    def frame_states(
+        self, features: list[torch.Tensor], num_mel_frames: list[int], num_layers: int
+    ) -> list[torch.Tensor]:
+        """The states after the first `num_layers` layers, one (M_i, d_model) tensor per clip:
+        what a trainer with only the top layers trained can compute once and keep."""
+        x, key_mask = self._embed(features, num_mel_frames)
+        x = self._run_layers(x, key_mask, 0, num_layers)
+        return [x[i, : conv_frames(n)] for i, n in enumerate(num_mel_frames)]
+
+    def from_frame_states(
+        self, states: list[torch.Tensor], num_mel_frames: list[int], first_layer: int
+    ) -> list[torch.Tensor]:
+        """The rest of `forward` from `frame_states(..., first_layer)`: the same outputs."""
+        x = torch.nn.utils.rnn.pad_sequence(states, batch_first=True)  # (B, M, d)
+        x = self._run_layers(x, self._key_mask([s.shape[0] for s in states], x.device), first_layer)
+        return self._pool(x, num_mel_frames)
+
+    def _embed(
+        self, features: list[torch.Tensor], num_mel_frames: list[int]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Convolutions and positions: (B, M, d) conv frames and the key mask of the padding."""
         param = self.conv1.weight
         width = max(f.shape[1] for f in features)
         x = torch.zeros(len(features), features[0].shape[0], width, dtype=param.dtype)
@@ -100,18 +125,30 @@ class AudioEncoder(nn.Module):
         if M > self.config.max_source_positions:
             raise ValueError(f"audio window longer than the encoder's {M} positions")
         x = x[:, :, :M].transpose(1, 2) + self.embed_positions.weight[:M]  # (B, M, d)
+        return x, self._key_mask(lengths, x.device)
 
-        key_mask = None
-        if min(lengths) < M:
-            valid = torch.arange(M, device=x.device)[None, :] < torch.tensor(lengths)[:, None].to(
-                x.device
-            )
-            key_mask = valid[:, None, None, :]  # (B, 1, 1, M): padded keys are never attended
-        for layer in self.layers:
+    @staticmethod
+    def _key_mask(lengths: list[int], device: torch.device) -> torch.Tensor | None:
+        """(B, 1, 1, M) True at real frames, so padded keys are never attended; None if none."""
+        M = max(lengths)
+        if min(lengths) == M:
+            return None
+        valid = (
+            torch.arange(M, device=device)[None, :] < torch.tensor(lengths, device=device)[:, None]
+        )
+        return valid[:, None, None, :]
+
+    def _run_layers(
+        self, x: torch.Tensor, key_mask: torch.Tensor | None, start: int, stop: int | None = None
+    ) -> torch.Tensor:
+        for layer in self.layers[start:stop]:
             if self.gradient_checkpointing and self.training:
                 x = torch.utils.checkpoint.checkpoint(layer, x, key_mask, use_reentrant=False)
             else:
                 x = layer(x, key_mask)
+        return x
+
+    def _pool(self, x: torch.Tensor, num_mel_frames: list[int]) -> list[torch.Tensor]:
         x = F.avg_pool1d(x.transpose(1, 2), kernel_size=2, stride=2).transpose(1, 2)  # (B, M/2, d)
         x = self.layer_norm(x)
         return [x[i, : pooled_frames(n)] for i, n in enumerate(num_mel_frames)]

@@ -104,7 +104,7 @@ def adapter_state(model: nn.Module, parts: TrainableParts) -> dict[str, torch.Te
     for name, module in lora_modules(model):
         state[f"{name}.lora_A.weight"] = module.lora_A.weight
         state[f"{name}.lora_B.weight"] = module.lora_B.weight
-    for top in parts.full_modules():
+    for top in parts.full_modules(model):
         for pname, p in model.get_submodule(top).named_parameters():
             state[f"{top}.{pname}"] = p
     return state
@@ -124,7 +124,7 @@ def adapter_config(
         "lora_dropout": options.dropout,
         "use_rslora": options.use_rslora,
         "target_modules": _modules_regex(targets, _layer_counts(model)),
-        "modules_to_save": [to_hf_name(m).removeprefix("model.") for m in parts.full_modules()]
+        "modules_to_save": [to_hf_name(m).removeprefix("model.") for m in parts.full_modules(model)]
         or None,
         "bias": "none",
         "fan_in_fan_out": False,

@@ -94,6 +94,14 @@ def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--rslora", action="store_true", help="scale by alpha / sqrt(r)")
     g.add_argument("--train-projector", action="store_true", help="train the projector fully")
     g.add_argument("--train-encoder", action="store_true", help="train the audio encoder fully")
+    g.add_argument(
+        "--train-encoder-layers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="train the audio encoder's top N layers and final norm fully; works with "
+        "--cache-encoder, which then keeps the frozen layers' output",
+    )
 
     g = p.add_argument_group("memory and speed")
     g.add_argument("--bf16", action="store_true", help="bf16 autocast")
@@ -108,7 +116,8 @@ def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
         "--cache-encoder",
         action="store_true",
         help="keep the frozen audio encoder's output of every clip in memory: each clip is "
-        "encoded once per run, not once per row and epoch",
+        "encoded once per run, not once per row and epoch (with --train-encoder-layers: the "
+        "frozen layers' output)",
     )
     g.add_argument("--num-workers", type=int, default=0, help="data loader processes")
     g.add_argument("--cache-mb", type=int, default=1024, help="memory for rendered rows")
@@ -147,6 +156,7 @@ def options_from_args(args: argparse.Namespace):
         dpo_options=DPOOptions(beta=args.dpo_beta),
         train_projector=args.train_projector,
         train_encoder=args.train_encoder,
+        train_encoder_layers=args.train_encoder_layers,
         epochs=args.epochs,
         max_steps=args.max_steps,
         lr=lr,

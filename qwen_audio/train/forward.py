@@ -17,12 +17,18 @@ from .data import RowInfo
 
 
 class EncoderCache:
-    """The frozen audio encoder's output for every clip seen so far, keyed by the clip's content
-    hash: each clip is encoded once per run instead of once per row and epoch (`--cache-encoder`).
-    Valid only while the encoder's weights do not change; memory grows with the distinct audio
-    (about 25 x d_model floats per second of audio)."""
+    """The frozen part of the audio encoder's output for every clip seen so far, keyed by the
+    clip's content hash: each clip goes through it once per run instead of once per row and
+    epoch (`--cache-encoder`).
 
-    def __init__(self) -> None:
+    With `trained_top_layers` = 0 the whole encoder is frozen and its output is kept (about 25 x
+    d_model floats per second of audio). With N > 0 the top N layers are trained: the cache keeps
+    the states entering them (50 x d_model floats per second) and runs those layers every step.
+    Valid only while the frozen layers do not change.
+    """
+
+    def __init__(self, trained_top_layers: int = 0) -> None:
+        self.trained_top_layers = trained_top_layers
         self._outputs: dict[bytes, torch.Tensor] = {}
 
     def __len__(self) -> int:
@@ -30,15 +36,22 @@ class EncoderCache:
 
     def encode(self, tower: nn.Module, batch: PackedBatch) -> list[torch.Tensor]:
         """The encoder output of every clip of the batch: [(N_i, d_model)], in `features` order."""
+        first_trained = len(tower.layers) - self.trained_top_layers
         missing = [i for i, key in enumerate(batch.clip_keys) if key not in self._outputs]
         if missing:
+            features = [batch.features[i] for i in missing]
+            frames = [batch.num_frames[i] for i in missing]
             with torch.no_grad():
-                encoded = tower(
-                    [batch.features[i] for i in missing], [batch.num_frames[i] for i in missing]
-                )
+                if self.trained_top_layers:
+                    encoded = tower.frame_states(features, frames, first_trained)
+                else:
+                    encoded = tower(features, frames)
             for i, out in zip(missing, encoded):
                 self._outputs[batch.clip_keys[i]] = out
-        return [self._outputs[key] for key in batch.clip_keys]
+        kept = [self._outputs[key] for key in batch.clip_keys]
+        if not self.trained_top_layers:
+            return kept
+        return tower.from_frame_states(kept, batch.num_frames, first_trained)
 
 
 def token_logprobs(

@@ -48,10 +48,23 @@ class TrainableParts:
     lm: bool = False  # every LM weight (full finetuning)
     projector: bool = False  # multi_modal_projector, trained fully
     encoder: bool = False  # audio_tower, trained fully
+    # The top N layers of audio_tower and its final norm, trained fully; the layers below stay
+    # frozen, so their output can be computed once per clip (`--cache-encoder`).
+    encoder_top_layers: int = 0
 
-    def full_modules(self) -> list[str]:
-        """Top-level modules trained fully, in our names ("modules_to_save" in PEFT's terms)."""
-        return [name for name, on in ((PROJECTOR, self.projector), (ENCODER, self.encoder)) if on]
+    def full_modules(self, model: nn.Module) -> list[str]:
+        """Modules trained fully, in our names ("modules_to_save" in PEFT's terms)."""
+        names = [name for name, on in ((PROJECTOR, self.projector), (ENCODER, self.encoder)) if on]
+        if self.encoder_top_layers:
+            depth = len(model.audio_tower.layers)
+            if not 0 < self.encoder_top_layers <= depth:
+                raise ValueError(
+                    f"--train-encoder-layers {self.encoder_top_layers}: the audio encoder has "
+                    f"{depth} layers"
+                )
+            top = range(depth - self.encoder_top_layers, depth)
+            names += [f"{ENCODER}.layers.{i}" for i in top] + [f"{ENCODER}.layer_norm"]
+        return names
 
 
 class LoRALinear(nn.Linear):
@@ -146,7 +159,7 @@ def set_trainable(model: nn.Module, parts: TrainableParts) -> None:
     if parts.lm:
         for p in model.language_model.parameters():
             p.requires_grad_(True)
-    for name in parts.full_modules():
+    for name in parts.full_modules(model):
         for p in model.get_submodule(name).parameters():
             p.requires_grad_(True)
     for _, module in lora_modules(model):

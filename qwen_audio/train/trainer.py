@@ -46,6 +46,7 @@ class TrainOptions:
     dpo_options: DPOOptions = field(default_factory=DPOOptions)
     train_projector: bool = False
     train_encoder: bool = False
+    train_encoder_layers: int = 0  # the top N encoder layers (and its final norm) only
     epochs: int = 1
     max_steps: int | None = None  # overrides epochs
     lr: float = 1e-4
@@ -61,7 +62,7 @@ class TrainOptions:
     bf16: bool = False  # bf16 autocast (weights and optimizer stay in their dtype)
     dtype: str = "auto"  # frozen base weights: bf16 for LoRA on CUDA (autocast on), else float32
     gradient_checkpointing: bool = False
-    cache_encoder: bool = False  # keep the frozen encoder's output per clip: encode it once
+    cache_encoder: bool = False  # keep the frozen encoder layers' output per clip: run them once
     seed: int = 42
     save_every: int = 0  # checkpoint every N steps (0: only the final output)
     keep_last: int = 3
@@ -127,7 +128,9 @@ class Trainer:
             bf16=opts.bf16,
             grad_accum=opts.grad_accum,
             # parts trained fully get no gradient in a step without audio
-            unused_parameters=opts.train_projector or opts.train_encoder,
+            unused_parameters=(
+                opts.train_projector or opts.train_encoder or opts.train_encoder_layers > 0
+            ),
         )
         self.main, self.rank, self.world = acc.is_main_process, acc.process_index, acc.num_processes
         logging.basicConfig(level=logging.INFO if self.main else logging.WARNING)
@@ -147,7 +150,10 @@ class Trainer:
         )
         self._check_bad_rows()
         self.parts = TrainableParts(
-            lm=opts.full, projector=opts.train_projector, encoder=opts.train_encoder
+            lm=opts.full,
+            projector=opts.train_projector,
+            encoder=opts.train_encoder,
+            encoder_top_layers=opts.train_encoder_layers,
         )
         self._prepare_model()
         self.objective = self._make_objective()  # DPO's frozen reference: the weights as loaded
@@ -180,7 +186,7 @@ class Trainer:
             lambda s: lr_factor(s, self.total, warmup, opts.schedule, opts.min_lr_ratio),
         )
         self.sharded = setup_sharding(acc)
-        cache = EncoderCache() if opts.cache_encoder else None
+        cache = EncoderCache(opts.train_encoder_layers) if opts.cache_encoder else None
         self.module, self.optimizer = acc.prepare(TrainForward(self.model, cache), optimizer)
         self.state = {"step": 0, "losses": [], "tokens": 0, "elapsed_s": 0.0}
         if opts.resume:
@@ -208,10 +214,17 @@ class Trainer:
     def _prepare_model(self) -> None:
         opts, model = self.opts, self.model
         if opts.cache_encoder and (opts.train_encoder or (opts.lora.encoder and not opts.full)):
-            raise ValueError("--cache-encoder needs a frozen audio encoder")
+            raise ValueError(
+                "--cache-encoder needs a frozen audio encoder (or its top layers trained only: "
+                "--train-encoder-layers)"
+            )
+        if opts.train_encoder and opts.train_encoder_layers:
+            raise ValueError("--train-encoder and --train-encoder-layers exclude each other")
         if not opts.full:
-            if opts.lora.encoder and opts.train_encoder:
-                raise ValueError("--lora-encoder and --train-encoder exclude each other")
+            if opts.lora.encoder and (opts.train_encoder or opts.train_encoder_layers):
+                raise ValueError(
+                    "--lora-encoder excludes --train-encoder and --train-encoder-layers"
+                )
             add_lora(model, opts.lora)
         set_trainable(model, self.parts)
         for p in model.parameters():  # trained weights in float32, whatever the base dtype
