@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from qwen_audio.cli import build_parser
 from qwen_audio.demo.build import DecoderShape, build_initial_checkpoint, train_tokenizer
-from qwen_audio.demo.recipe import RecipeOptions, eval_argv, finetune_argv
+from qwen_audio.demo.recipe import RecipeOptions, encoder_stage_argv, eval_argv, finetune_argv
 from qwen_audio.llm import load_checkpoint
 from qwen_audio.tokenizer import REQUIRED_SPECIAL_TOKENS, Tokenizer
 
@@ -75,5 +75,13 @@ def test_train_demo_command_and_recipe_arguments(tmp_path):
     for flag in ("--full", "--train-projector", "--cache-encoder", "--bf16"):
         assert flag in argv
     assert "--train-encoder" not in argv  # the encoder stays frozen
+    assert "--train-encoder-layers" not in argv
+    # the second stage continues from the first with the encoder's layers trained too
+    second = encoder_stage_argv(opts, tmp_path / "run", tmp_path / "run-encoder")
+    assert second[second.index("--model") + 1] == str(tmp_path / "run")
+    assert second[second.index("--train-encoder-layers") + 1] == str(opts.encoder_layers)
+    assert second[second.index("--lr") + 1] == str(opts.encoder_lr)
+    assert second[second.index("--epochs") + 1] == str(opts.encoder_epochs)
+    assert "--cache-encoder" in second
     ev = eval_argv(tmp_path / "m", tmp_path / "d.jsonl", tmp_path / "o", "wer", 8)
     assert ev[ev.index("--prompt") + 1] == "{prompt}" and "instruct" in ev

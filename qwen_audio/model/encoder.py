@@ -5,9 +5,16 @@ attention. We run only the frames a clip needs: a clip with L valid mel frames h
 M = (L - 1) // 2 + 1 conv frames, and every conv frame below M reads mel frames below L + 2 only,
 which `audio.prepare_audio` returns with the reference's values. Queries of valid frames never see
 masked keys, so the outputs match while a 5 s clip costs a sixth of a 30 s one.
+
+Clips of a batch are packed: the frames of all clips are rows of one (T, d) tensor, so the
+linear layers, which are most of the work, never compute padding (in a training batch of 1-12 s
+clips half of a padded grid is padding). Only attention moves the frames onto a (clips x longest)
+grid, with the padded keys masked.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +33,41 @@ def pooled_frames(num_mel_frames: int) -> int:
     return (conv_frames(num_mel_frames) - 2) // 2 + 1
 
 
+class FrameLayout(NamedTuple):
+    """Where the packed frames of a batch of clips sit on a right-padded (B, M = longest) grid."""
+
+    lengths: list[int]  # frames of each clip, in packing order
+    gather: torch.Tensor | None  # (B * M,) packed row of each grid cell (padding reads row 0)
+    keep: torch.Tensor | None  # (T,) grid cell of each packed row
+    key_mask: torch.Tensor | None  # (B, 1, 1, M): True at real frames; None when none is padded
+
+    @classmethod
+    def of(cls, lengths: list[int], device: torch.device) -> FrameLayout:
+        M = max(lengths)
+        if min(lengths) == M:  # no padding: the packed rows are the grid, row by row
+            return cls(lengths, None, None, None)
+        lens = torch.tensor(lengths, device=device)
+        pos = torch.arange(M, device=device)[None, :]
+        valid = pos < lens[:, None]  # (B, M)
+        starts = (lens.cumsum(0) - lens)[:, None]
+        gather = torch.where(valid, starts + pos, 0).flatten()
+        keep = valid.flatten().nonzero().squeeze(1)
+        return cls(lengths, gather, keep, valid[:, None, None, :])
+
+    def to_grid(self, x: torch.Tensor) -> torch.Tensor:
+        """(T, C) packed -> (B, M, C)."""
+        B, M = len(self.lengths), max(self.lengths)
+        if self.gather is None:
+            return x.reshape(B, M, x.shape[-1])
+        # index_select, not x[index]: its backward (index_add) is the fast one on CPU
+        return x.index_select(0, self.gather).view(B, M, x.shape[-1])
+
+    def to_packed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, M, C) grid -> (T, C) packed; padded cells are dropped."""
+        x = x.reshape(-1, x.shape[-1])
+        return x if self.keep is None else x.index_select(0, self.keep)
+
+
 class EncoderAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int) -> None:
         super().__init__()
@@ -35,16 +77,42 @@ class EncoderAttention(nn.Module):
         self.v_proj = nn.Linear(dim, dim, bias=True)
         self.out_proj = nn.Linear(dim, dim, bias=True)
 
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
-        B, T, C = x.shape
-        H = self.num_heads
+    def forward(self, x: torch.Tensor, layout: FrameLayout) -> torch.Tensor:
+        """x: (T, C) packed frames -> (T, C)."""
+        if not x.is_cuda and torch.is_grad_enabled():
+            return self.out_proj(self.per_clip_attention(x, layout))
+        return self.out_proj(self.grid_attention(x, layout))
 
-        def heads(t: torch.Tensor) -> torch.Tensor:
-            return t.view(B, T, H, C // H).transpose(1, 2)  # (B, H, T, hd)
+    def grid_attention(self, x: torch.Tensor, layout: FrameLayout) -> torch.Tensor:
+        """The fused kernel on a (clips x longest) grid with the padded keys masked.
+        (T, C) -> (T, C), before out_proj."""
+        C, H = x.shape[-1], self.num_heads
+
+        def heads(t: torch.Tensor) -> torch.Tensor:  # (T, C) -> (B, H, M, hd)
+            grid = layout.to_grid(t)
+            return grid.view(*grid.shape[:2], H, C // H).transpose(1, 2)
 
         q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)  # (B, H, T, hd)
-        return self.out_proj(out.transpose(1, 2).reshape(B, T, C))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=layout.key_mask)  # (B, H, M, hd)
+        B, _, M, _ = out.shape
+        return layout.to_packed(out.transpose(1, 2).reshape(B, M, C))
+
+    def per_clip_attention(self, x: torch.Tensor, layout: FrameLayout) -> torch.Tensor:
+        """Clip by clip with matmuls, for training on CPU: the fused kernel's backward is slow
+        at these sizes (29% of a demo step with 4 encoder layers trained), and a padded grid of
+        1-12 s clips is mostly padding (its cost grows with the longest clip squared).
+        (T, C) -> (T, C), before out_proj."""
+        T, C = x.shape
+        H = self.num_heads
+
+        def heads(t: torch.Tensor) -> list[torch.Tensor]:  # (T, C) -> [(H, M_i, hd)]
+            return t.view(T, H, C // H).transpose(0, 1).split(layout.lengths, dim=1)
+
+        outs = []
+        for q, k, v in zip(heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))):
+            scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)  # (H, M_i, M_i)
+            outs.append(torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype) @ v)
+        return torch.cat(outs, dim=1).transpose(0, 1).reshape(T, C)
 
 
 class EncoderLayer(nn.Module):
@@ -56,8 +124,8 @@ class EncoderLayer(nn.Module):
         self.fc2 = nn.Linear(cfg.encoder_ffn_dim, cfg.d_model)
         self.final_layer_norm = nn.LayerNorm(cfg.d_model)
 
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
-        x = x + self.self_attn(self.self_attn_layer_norm(x), key_mask)
+    def forward(self, x: torch.Tensor, layout: FrameLayout) -> torch.Tensor:
+        x = x + self.self_attn(self.self_attn_layer_norm(x), layout)
         h = self.fc2(F.gelu(self.fc1(self.final_layer_norm(x))))
         x = x + h
         if x.dtype == torch.float16:  # as the reference: keep fp16 activations finite
@@ -81,36 +149,37 @@ class AudioEncoder(nn.Module):
     def forward(
         self, features: list[torch.Tensor], num_mel_frames: list[int]
     ) -> list[torch.Tensor]:
-        """Encode clips of different lengths in one padded batch.
+        """Encode clips of different lengths in one batch.
 
         features[i]: (n_mels, F_i) with F_i >= min(L_i + 2, 3000) frames; returns one
         (N_i, d_model) tensor per clip.
         """
-        x, key_mask = self._embed(features, num_mel_frames)
-        x = self._run_layers(x, key_mask, 0)
-        return self._pool(x, num_mel_frames)
+        x, layout = self._embed(features, num_mel_frames)
+        x = self._run_layers(x, layout, 0)
+        return self._pool(x, layout, num_mel_frames)
 
     def frame_states(
         self, features: list[torch.Tensor], num_mel_frames: list[int], num_layers: int
     ) -> list[torch.Tensor]:
         """The states after the first `num_layers` layers, one (M_i, d_model) tensor per clip:
         what a trainer with only the top layers trained can compute once and keep."""
-        x, key_mask = self._embed(features, num_mel_frames)
-        x = self._run_layers(x, key_mask, 0, num_layers)
-        return [x[i, : conv_frames(n)] for i, n in enumerate(num_mel_frames)]
+        x, layout = self._embed(features, num_mel_frames)
+        x = self._run_layers(x, layout, 0, num_layers)
+        return list(x.split(layout.lengths))
 
     def from_frame_states(
         self, states: list[torch.Tensor], num_mel_frames: list[int], first_layer: int
     ) -> list[torch.Tensor]:
         """The rest of `forward` from `frame_states(..., first_layer)`: the same outputs."""
-        x = torch.nn.utils.rnn.pad_sequence(states, batch_first=True)  # (B, M, d)
-        x = self._run_layers(x, self._key_mask([s.shape[0] for s in states], x.device), first_layer)
-        return self._pool(x, num_mel_frames)
+        x = torch.cat(states)
+        layout = FrameLayout.of([s.shape[0] for s in states], x.device)
+        x = self._run_layers(x, layout, first_layer)
+        return self._pool(x, layout, num_mel_frames)
 
     def _embed(
         self, features: list[torch.Tensor], num_mel_frames: list[int]
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Convolutions and positions: (B, M, d) conv frames and the key mask of the padding."""
+    ) -> tuple[torch.Tensor, FrameLayout]:
+        """Convolutions and positions: the packed (T, d) frames of every clip and their layout."""
         param = self.conv1.weight
         width = max(f.shape[1] for f in features)
         x = torch.zeros(len(features), features[0].shape[0], width, dtype=param.dtype)
@@ -125,30 +194,23 @@ class AudioEncoder(nn.Module):
         if M > self.config.max_source_positions:
             raise ValueError(f"audio window longer than the encoder's {M} positions")
         x = x[:, :, :M].transpose(1, 2) + self.embed_positions.weight[:M]  # (B, M, d)
-        return x, self._key_mask(lengths, x.device)
-
-    @staticmethod
-    def _key_mask(lengths: list[int], device: torch.device) -> torch.Tensor | None:
-        """(B, 1, 1, M) True at real frames, so padded keys are never attended; None if none."""
-        M = max(lengths)
-        if min(lengths) == M:
-            return None
-        valid = (
-            torch.arange(M, device=device)[None, :] < torch.tensor(lengths, device=device)[:, None]
-        )
-        return valid[:, None, None, :]
+        layout = FrameLayout.of(lengths, x.device)
+        return layout.to_packed(x), layout
 
     def _run_layers(
-        self, x: torch.Tensor, key_mask: torch.Tensor | None, start: int, stop: int | None = None
+        self, x: torch.Tensor, layout: FrameLayout, start: int, stop: int | None = None
     ) -> torch.Tensor:
         for layer in self.layers[start:stop]:
             if self.gradient_checkpointing and self.training:
-                x = torch.utils.checkpoint.checkpoint(layer, x, key_mask, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(layer, x, layout, use_reentrant=False)
             else:
-                x = layer(x, key_mask)
+                x = layer(x, layout)
         return x
 
-    def _pool(self, x: torch.Tensor, num_mel_frames: list[int]) -> list[torch.Tensor]:
+    def _pool(
+        self, x: torch.Tensor, layout: FrameLayout, num_mel_frames: list[int]
+    ) -> list[torch.Tensor]:
+        x = layout.to_grid(x)  # (B, M, d); padded frames never reach a clip's pooled frames
         x = F.avg_pool1d(x.transpose(1, 2), kernel_size=2, stride=2).transpose(1, 2)  # (B, M/2, d)
         x = self.layer_norm(x)
         return [x[i, : pooled_frames(n)] for i, n in enumerate(num_mel_frames)]

@@ -75,40 +75,47 @@ class RunLog:
 
     def plot(self) -> Path | None:
         """loss.png: the loss per step and its running mean, with the learning rate."""
-        if not self.rows:
-            return None
-        try:
-            import matplotlib
+        return plot_loss(self.rows, self.folder / "loss.png")
 
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            log.warning("matplotlib is not installed: no loss.png")
-            return None
-        steps = [int(r["step"]) for r in self.rows]
-        loss = [float(r["loss"]) for r in self.rows]
-        lr = [float(r["lr"]) for r in self.rows]
-        window = max(1, len(loss) // 20)
-        smooth = [
-            sum(loss[max(0, i - window + 1) : i + 1]) / min(window, i + 1) for i in range(len(loss))
-        ]
-        fig, ax = plt.subplots(figsize=(8, 4.5))
-        ax.plot(steps, loss, color="tab:blue", alpha=0.35, label="loss")
-        ax.plot(steps, smooth, color="tab:blue", label=f"loss, mean of {window}")
-        ax.set_xlabel("step")
-        ax.set_ylabel("loss")
-        ax.grid(alpha=0.3)
-        ax2 = ax.twinx()
-        ax2.plot(steps, lr, color="tab:orange", alpha=0.7, label="learning rate")
-        ax2.set_ylabel("learning rate")
-        lines = ax.get_legend_handles_labels()
-        lines2 = ax2.get_legend_handles_labels()
-        ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="upper right")
-        fig.tight_layout()
-        path = self.folder / "loss.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        return path
+
+def plot_loss(rows: list[dict], path: Path, stage_starts: tuple[int, ...] = ()) -> Path | None:
+    """The loss of `rows` (train.csv rows) per step, its running mean and the learning rate,
+    as a PNG at `path`; a dashed line at each step of `stage_starts` (runs shown end to end)."""
+    if not rows:
+        return None
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed: no %s", path.name)
+        return None
+    steps = [int(r["step"]) for r in rows]
+    loss = [float(r["loss"]) for r in rows]
+    lr = [float(r["lr"]) for r in rows]
+    window = max(1, len(loss) // 20)
+    smooth = [
+        sum(loss[max(0, i - window + 1) : i + 1]) / min(window, i + 1) for i in range(len(loss))
+    ]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.plot(steps, loss, color="tab:blue", alpha=0.35, label="loss")
+    ax.plot(steps, smooth, color="tab:blue", label=f"loss, mean of {window}")
+    for step in stage_starts:
+        ax.axvline(step, color="gray", linestyle="--", linewidth=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax2 = ax.twinx()
+    ax2.plot(steps, lr, color="tab:orange", alpha=0.7, label="learning rate")
+    ax2.set_ylabel("learning rate")
+    lines = ax.get_legend_handles_labels()
+    lines2 = ax2.get_legend_handles_labels()
+    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def _fmt(value) -> str:
