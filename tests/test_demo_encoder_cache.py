@@ -134,8 +134,8 @@ def test_cache_with_trained_top_layers_gives_the_same_logprobs_and_gradients(
         got = token_logprobs(model, batch, cache)
         torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
         got.sum().backward()
-        for name, grad in grads().items():
-            torch.testing.assert_close(grad, want[name], rtol=1e-4, atol=1e-5)
+        for name, grad in grads().items():  # float32 rounding: compare as a whole
+            assert (grad - want[name]).norm() <= 1e-4 * want[name].norm(), name
     assert calls == [(2, depth - 1)]  # the frozen layers ran once per clip
 
 
@@ -164,7 +164,7 @@ def test_training_attention_on_cpu_equals_the_fused_kernel(checkpoints, tmp_path
         results.append((out.detach(), x.grad))
     (grid_out, grid_grad), (clip_out, clip_grad) = results
     torch.testing.assert_close(clip_out, grid_out, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(clip_grad, grid_grad, rtol=1e-4, atol=1e-5)
+    assert (clip_grad - grid_grad).norm() <= 1e-5 * grid_grad.norm()  # float32 rounding
     with torch.no_grad():
         inference = attention(frames, layout)
     torch.testing.assert_close(inference, attention.out_proj(grid_out), rtol=0, atol=0)
