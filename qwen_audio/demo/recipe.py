@@ -60,9 +60,9 @@ class RecipeOptions:
     # (overfitted): so more sentences with fewer passes. With the follow-up turns and the
     # conversation-weighted tokenizer: 22,000 sentences x 3 epochs 32.5% (47 min), 19,000 x 4
     # epochs 27.8% (50 min). With the padded training attention (1.35x faster steps) 19,000 x 5
-    # epochs 24.8% in 48 min, the default (24,000 x 4: 24.6%, voice 97.5%, 52 min: no gain);
-    # an auxiliary CTC loss on the decoder's audio positions was worse (1,000 steps: 77.0%
-    # against 73.3%; branch exp/ctc-aux-loss).
+    # epochs 24.8% in 48 min (24,000 x 4: 24.6%, voice 97.5%, 52 min: no gain); an auxiliary CTC
+    # loss on the decoder's audio positions was worse (1,000 steps: 77.0% against 73.3%; branch
+    # exp/ctc-aux-loss). 4 epochs here, then 1 with the encoder trained (below): 10.5%, 65 min.
     epochs: int = 4
     batch_size: int = 16  # rows per optimizer step
     # 1e-3: in 1,200-step trials 2e-3 gave 70% held-out WER against 51% at 1e-3, and 3e-3 hardly
@@ -72,8 +72,9 @@ class RecipeOptions:
     warmup_ratio: float = 0.03
     # The second stage trains the encoder's layers with the rest. Continuing the 19,000 x 5
     # model (24.8%) for 400 steps at a constant 2e-4 gave held-out WER 29.3% with the encoder
-    # frozen, 30.9% with its top layer trained, 25.4% with the top 2, 22.3% with all of it:
-    # the frozen tiny.en features, not the decoder, limit the transcription of new sentences.
+    # frozen, 30.9% with its top layer trained, 25.4% with the top 2, 23.6% with all 4 layers,
+    # 22.3% with the convolutions too: the frozen tiny.en features, not the decoder, limited the
+    # transcription of new sentences. A stage-2 step costs ~0.95 s against ~0.33 s in stage 1.
     encoder_epochs: int = 1  # 0: no second stage
     encoder_layers: int = 4  # tiny.en has 4
     encoder_lr: float = 3e-4

@@ -68,6 +68,41 @@ class FrameLayout(NamedTuple):
         return x if self.keep is None else x.index_select(0, self.keep)
 
 
+def grid_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: FrameLayout, num_heads: int
+) -> torch.Tensor:
+    """The fused kernel on a (clips x longest) grid with the padded keys masked: packed (T, C)
+    queries, keys and values -> (T, C)."""
+    C = q.shape[-1]
+
+    def heads(t: torch.Tensor) -> torch.Tensor:  # (T, C) -> (B, H, M, hd)
+        grid = layout.to_grid(t)
+        return grid.view(*grid.shape[:2], num_heads, C // num_heads).transpose(1, 2)
+
+    out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), attn_mask=layout.key_mask)
+    B, _, M, _ = out.shape
+    return layout.to_packed(out.transpose(1, 2).reshape(B, M, C))
+
+
+def per_clip_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: FrameLayout, num_heads: int
+) -> torch.Tensor:
+    """Clip by clip with matmuls, used when attention is differentiated on CPU: the fused
+    kernel's backward is slow at these sizes (29% of a demo step with 4 encoder layers trained),
+    and a padded grid of 1-12 s clips is mostly padding (its cost grows with the longest clip
+    squared). Packed (T, C) queries, keys and values -> (T, C)."""
+    T, C = q.shape
+
+    def heads(t: torch.Tensor) -> list[torch.Tensor]:  # (T, C) -> [(H, M_i, hd)]
+        return t.view(T, num_heads, C // num_heads).transpose(0, 1).split(layout.lengths, dim=1)
+
+    outs = []
+    for qi, ki, vi in zip(heads(q), heads(k), heads(v)):
+        scores = (qi * qi.shape[-1] ** -0.5) @ ki.transpose(-1, -2)  # (H, M_i, M_i)
+        outs.append(torch.softmax(scores, dim=-1, dtype=torch.float32).to(vi.dtype) @ vi)
+    return torch.cat(outs, dim=1).transpose(0, 1).reshape(T, C)
+
+
 class EncoderAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int) -> None:
         super().__init__()
@@ -79,40 +114,10 @@ class EncoderAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, layout: FrameLayout) -> torch.Tensor:
         """x: (T, C) packed frames -> (T, C)."""
-        if not x.is_cuda and torch.is_grad_enabled():
-            return self.out_proj(self.per_clip_attention(x, layout))
-        return self.out_proj(self.grid_attention(x, layout))
-
-    def grid_attention(self, x: torch.Tensor, layout: FrameLayout) -> torch.Tensor:
-        """The fused kernel on a (clips x longest) grid with the padded keys masked.
-        (T, C) -> (T, C), before out_proj."""
-        C, H = x.shape[-1], self.num_heads
-
-        def heads(t: torch.Tensor) -> torch.Tensor:  # (T, C) -> (B, H, M, hd)
-            grid = layout.to_grid(t)
-            return grid.view(*grid.shape[:2], H, C // H).transpose(1, 2)
-
-        q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=layout.key_mask)  # (B, H, M, hd)
-        B, _, M, _ = out.shape
-        return layout.to_packed(out.transpose(1, 2).reshape(B, M, C))
-
-    def per_clip_attention(self, x: torch.Tensor, layout: FrameLayout) -> torch.Tensor:
-        """Clip by clip with matmuls, for training on CPU: the fused kernel's backward is slow
-        at these sizes (29% of a demo step with 4 encoder layers trained), and a padded grid of
-        1-12 s clips is mostly padding (its cost grows with the longest clip squared).
-        (T, C) -> (T, C), before out_proj."""
-        T, C = x.shape
-        H = self.num_heads
-
-        def heads(t: torch.Tensor) -> list[torch.Tensor]:  # (T, C) -> [(H, M_i, hd)]
-            return t.view(T, H, C // H).transpose(0, 1).split(layout.lengths, dim=1)
-
-        outs = []
-        for q, k, v in zip(heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))):
-            scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)  # (H, M_i, M_i)
-            outs.append(torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype) @ v)
-        return torch.cat(outs, dim=1).transpose(0, 1).reshape(T, C)
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        backward = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+        attend = per_clip_attention if backward and not x.is_cuda else grid_attention
+        return self.out_proj(attend(q, k, v, layout, self.num_heads))
 
 
 class EncoderLayer(nn.Module):
