@@ -70,6 +70,9 @@ def test_initial_checkpoint_loads_with_the_whisper_encoder(tmp_path):
 def test_train_demo_command_and_recipe_arguments(tmp_path):
     args = build_parser().parse_args(["train-demo", "--work", str(tmp_path), "--scale", "0.5"])
     assert args.command == "train-demo" and args.scale == 0.5
+    assert args.encoder_epochs is None  # the recipe's default
+    args = build_parser().parse_args(["train-demo", "--encoder-epochs", "0"])
+    assert args.encoder_epochs == 0  # decoder-only, as before the second stage
     opts = RecipeOptions(work=tmp_path)
     argv = finetune_argv(opts, tmp_path / "init", tmp_path / "run")
     for flag in ("--full", "--train-projector", "--cache-encoder", "--bf16"):

@@ -22,7 +22,13 @@ def add_demo_subcommands(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scale", type=float, default=1.0, help="data size (1: 19,000 sentences)")
     p.add_argument("--workers", type=int, default=2, help="data generation processes (max 2)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs")
+    p.add_argument("--epochs", type=int, default=None, help="epochs of the first stage")
+    p.add_argument(
+        "--encoder-epochs",
+        type=int,
+        default=None,
+        help="epochs of the second stage, with the encoder's layers trained (0: none)",
+    )
     p.add_argument("--lr", type=float, default=None, help="peak learning rate")
     p.add_argument("--no-eval", action="store_true", help="stop after the fp16 export")
     p.add_argument(
@@ -39,7 +45,15 @@ def _run(args: argparse.Namespace) -> int:
     from qwen_audio.demo.recipe import RecipeOptions, install, run_recipe
 
     logging.basicConfig(level=logging.INFO)
-    tuned = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr)) if v is not None}
+    tuned = {
+        k: v
+        for k, v in (
+            ("epochs", args.epochs),
+            ("encoder_epochs", args.encoder_epochs),
+            ("lr", args.lr),
+        )
+        if v is not None
+    }
     opts = RecipeOptions(
         work=args.work,
         seed=args.seed,
