@@ -10,7 +10,13 @@ from safetensors.torch import load_file
 
 from qwen_audio.cli import build_parser
 from qwen_audio.demo.build import DecoderShape, build_initial_checkpoint, train_tokenizer
-from qwen_audio.demo.recipe import RecipeOptions, encoder_stage_argv, eval_argv, finetune_argv
+from qwen_audio.demo.recipe import (
+    RecipeOptions,
+    encoder_stage_argv,
+    eval_argv,
+    finetune_argv,
+    refine_stage_argv,
+)
 from qwen_audio.llm import load_checkpoint
 from qwen_audio.tokenizer import REQUIRED_SPECIAL_TOKENS, Tokenizer
 
@@ -86,5 +92,10 @@ def test_train_demo_command_and_recipe_arguments(tmp_path):
     assert second[second.index("--lr") + 1] == str(opts.encoder_lr)
     assert second[second.index("--epochs") + 1] == str(opts.encoder_epochs)
     assert "--cache-encoder" in second
+    third = refine_stage_argv(opts, tmp_path / "run-encoder", tmp_path / "run-refine")
+    assert third[third.index("--model") + 1] == str(tmp_path / "run-encoder")
+    assert third[third.index("--max-steps") + 1] == str(opts.refine_steps)
+    assert third[third.index("--lr") + 1] == str(opts.refine_lr)
+    assert "--train-encoder-layers" in third
     ev = eval_argv(tmp_path / "m", tmp_path / "d.jsonl", tmp_path / "o", "wer", 8)
     assert ev[ev.index("--prompt") + 1] == "{prompt}" and "instruct" in ev
