@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import AudioEncoderConfig
+from .kv_cache import PaddedLayout
 
 
 def conv_frames(num_mel_frames: int) -> int:
@@ -34,38 +35,33 @@ def pooled_frames(num_mel_frames: int) -> int:
 
 
 class FrameLayout(NamedTuple):
-    """Where the packed frames of a batch of clips sit on a right-padded (B, M = longest) grid."""
+    """The clips of a packed batch of frames and, when they differ in length, their padded grid."""
 
     lengths: list[int]  # frames of each clip, in packing order
-    gather: torch.Tensor | None  # (B * M,) packed row of each grid cell (padding reads row 0)
-    keep: torch.Tensor | None  # (T,) grid cell of each packed row
-    key_mask: torch.Tensor | None  # (B, 1, 1, M): True at real frames; None when none is padded
+    grid: PaddedLayout | None  # None when no clip is padded: the packed rows are the grid
 
     @classmethod
     def of(cls, lengths: list[int], device: torch.device) -> FrameLayout:
-        M = max(lengths)
-        if min(lengths) == M:  # no padding: the packed rows are the grid, row by row
-            return cls(lengths, None, None, None)
-        lens = torch.tensor(lengths, device=device)
-        pos = torch.arange(M, device=device)[None, :]
-        valid = pos < lens[:, None]  # (B, M)
-        starts = (lens.cumsum(0) - lens)[:, None]
-        gather = torch.where(valid, starts + pos, 0).flatten()
-        keep = valid.flatten().nonzero().squeeze(1)
-        return cls(lengths, gather, keep, valid[:, None, None, :])
+        padded = min(lengths) < max(lengths)
+        return cls(lengths, PaddedLayout.of(lengths, device) if padded else None)
+
+    @property
+    def key_mask(self) -> torch.Tensor | None:
+        """(B, 1, 1, M): True at real frames; None when none is padded."""
+        return None if self.grid is None else self.grid.valid[:, None, None, :]
 
     def to_grid(self, x: torch.Tensor) -> torch.Tensor:
         """(T, C) packed -> (B, M, C)."""
         B, M = len(self.lengths), max(self.lengths)
-        if self.gather is None:
+        if self.grid is None:
             return x.reshape(B, M, x.shape[-1])
         # index_select, not x[index]: its backward (index_add) is the fast one on CPU
-        return x.index_select(0, self.gather).view(B, M, x.shape[-1])
+        return x.index_select(0, self.grid.gather).view(B, M, x.shape[-1])
 
     def to_packed(self, x: torch.Tensor) -> torch.Tensor:
         """(B, M, C) grid -> (T, C) packed; padded cells are dropped."""
         x = x.reshape(-1, x.shape[-1])
-        return x if self.keep is None else x.index_select(0, self.keep)
+        return x if self.grid is None else x.index_select(0, self.grid.keep)
 
 
 def grid_attention(
@@ -115,7 +111,7 @@ class EncoderAttention(nn.Module):
     def forward(self, x: torch.Tensor, layout: FrameLayout) -> torch.Tensor:
         """x: (T, C) packed frames -> (T, C)."""
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        backward = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+        backward = any(t.requires_grad for t in (q, k, v))  # only under autograd
         attend = per_clip_attention if backward and not x.is_cuda else grid_attention
         return self.out_proj(attend(q, k, v, layout, self.num_heads))
 

@@ -93,10 +93,23 @@ class KVCache:
 
 
 class PaddedLayout(NamedTuple):
-    """A (B sequences x M = longest) grid for the packed tokens of an AttentionBatch."""
+    """Where B packed sequences (rows of one (T, ...) tensor, one after the other) sit on a
+    right-padded (B x M = longest) grid: the decoder's cache-free attention and the audio
+    encoder's attention both use it."""
 
     gather: torch.Tensor  # (B * M,) packed row of each grid cell; padding cells read row 0
     keep: torch.Tensor  # (T,) grid cell of each packed row
+    valid: torch.Tensor  # (B, M) True at the cells that hold a packed row
+
+    @classmethod
+    def of(cls, lengths: list[int], device: torch.device) -> PaddedLayout:
+        lens = torch.tensor(lengths, device=device)
+        pos = torch.arange(max(lengths), device=device)[None, :]
+        valid = pos < lens[:, None]
+        starts = (lens.cumsum(0) - lens)[:, None]
+        gather = torch.where(valid, starts + pos, torch.zeros_like(pos)).flatten()
+        keep = valid.flatten().nonzero().flatten()
+        return cls(gather, keep, valid)
 
 
 @dataclass
@@ -129,13 +142,7 @@ class AttentionBatch:
         """Where the packed tokens go on a right-padded (sequences x longest) grid. Computed
         once per batch, as every layer uses it."""
         if self._padding is None or self._padding.gather.device != device:
-            lens = torch.tensor(self.seq_lens, device=device)
-            pos = torch.arange(max(self.seq_lens), device=device)[None, :]
-            valid = pos < lens[:, None]
-            starts = (lens.cumsum(0) - lens)[:, None]
-            gather = torch.where(valid, starts + pos, torch.zeros_like(pos)).flatten()
-            keep = valid.flatten().nonzero().flatten()
-            self._padding = PaddedLayout(gather, keep)
+            self._padding = PaddedLayout.of(self.seq_lens, device)
         return self._padding
 
     @staticmethod
