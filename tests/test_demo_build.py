@@ -91,7 +91,9 @@ def test_train_demo_command_and_recipe_arguments(tmp_path):
     assert second[second.index("--train-encoder-layers") + 1] == str(opts.encoder_layers)
     assert second[second.index("--lr") + 1] == str(opts.encoder_lr)
     assert second[second.index("--epochs") + 1] == str(opts.encoder_epochs)
-    assert "--cache-encoder" in second
+    assert "--cache-encoder" not in second  # one pass: the cache would never be read
+    two_passes = RecipeOptions(work=tmp_path, encoder_epochs=2)
+    assert "--cache-encoder" in encoder_stage_argv(two_passes, tmp_path / "run", tmp_path / "x")
     third = refine_stage_argv(opts, tmp_path / "run-encoder", tmp_path / "run-refine")
     assert third[third.index("--model") + 1] == str(tmp_path / "run-encoder")
     assert third[third.index("--max-steps") + 1] == str(opts.refine_steps)

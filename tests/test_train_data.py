@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from qwen_audio.prompt import PromptRenderer, load_chat_template
 from qwen_audio.tokenizer import Tokenizer
 from qwen_audio.train.batching import StepBatches, micro_batches, pack, plan_epoch
 from qwen_audio.train.cli import main as train_main
-from qwen_audio.train.data import load_data, parse_row, render
+from qwen_audio.train.data import load_data, parse_row, render, rendered_bytes
 from tests.test_train_utils import ASR_PROMPT, asr_rows, one_thread, speak, write_jsonl  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -218,6 +219,33 @@ def test_a_file_gone_after_the_check_does_not_stop_training(tmp_path, clips, ren
     steps = StepBatches(data, renderer, batch_size=2, grad_accum=1, seed=0)
     (batch,) = steps[0]
     assert batch.num_seqs == 2 and len(batch.features) == 1  # the missing row is a stub
+
+
+def test_rows_rendered_by_the_check_feed_training_up_to_the_budget(tmp_path, clips, renderer):
+    for clip in clips[:3]:
+        (tmp_path / clip.name).write_bytes(clip.read_bytes())
+    rows = asr_rows(clips[:3])
+    rows.insert(1, {"audio": "missing.wav", "prompt": ASR_PROMPT, "gt": "gone"})  # a bad row
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    fresh = load_data(path, renderer, max_length=4096)  # keeps nothing: training renders
+    assert fresh.rendered == {} and len(fresh.bad) == 1
+    kept = load_data(path, renderer, max_length=4096, keep_rendered_bytes=1 << 30)
+    assert sorted(kept.rendered) == [0, 1, 2]  # indexes of the good rows
+    first = rendered_bytes(kept.rendered[0])
+    one = load_data(path, renderer, max_length=4096, keep_rendered_bytes=first)
+    assert list(one.rendered) == [0]  # the budget holds the first row only
+
+    expected = StepBatches(fresh, renderer, batch_size=3, grad_accum=1, seed=0)[0][0]
+    for clip in clips[:3]:
+        (tmp_path / clip.name).unlink()  # training must not need the files again
+    steps = StepBatches(kept, renderer, batch_size=3, grad_accum=1, seed=0, cache_bytes=1 << 30)
+    assert kept.rendered == {}  # taken over by the batches' cache
+    (batch,) = steps[0]
+    assert batch.num_seqs == 3 and torch.equal(batch.input_ids, expected.input_ids)
+    assert all(torch.equal(a, b) for a, b in zip(batch.features, expected.features))
+    # a smaller training cache than the check's budget drops the rows it cannot hold
+    small = StepBatches(one, renderer, batch_size=3, grad_accum=1, seed=0, cache_bytes=0)
+    assert small._cache == {} and small._cache_free == 0
 
 
 def test_epochs_are_length_grouped_seeded_and_complete():

@@ -18,7 +18,7 @@ import torch
 
 from ..audio import AudioError
 from ..prompt import PromptError, PromptRenderer, RenderedPrompt
-from .data import DataError, TrainData, render
+from .data import DataError, TrainData, render, rendered_bytes
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,8 @@ class StepBatches(torch.utils.data.Dataset):
     """Item `step`: this process's micro-batches of that step, rendered and packed.
 
     Rendered rows are kept in memory up to `cache_bytes` (audio features dominate), so small
-    datasets decode each file once.
+    datasets decode each file once. The rows `data` kept from its check start the cache (it takes
+    them over).
     """
 
     def __init__(
@@ -185,8 +186,10 @@ class StepBatches(torch.utils.data.Dataset):
         self.global_batch = batch_size * grad_accum * world_size
         self.steps_per_epoch = len(plan_epoch(data.lengths, 0, seed, self.global_batch))
         self._plan: tuple[int, list[list[int]]] | None = None
-        self._cache: dict[int, list[RenderedPrompt]] = {}
-        self._cache_free = cache_bytes
+        self._cache, data.rendered = data.rendered, {}
+        self._cache_free = cache_bytes - sum(rendered_bytes(r) for r in self._cache.values())
+        while self._cache_free < 0:  # a smaller budget than the check's: drop the surplus
+            self._cache_free += rendered_bytes(self._cache.popitem()[1])
 
     def global_rows(self, step: int) -> list[int]:
         epoch, index = divmod(step, self.steps_per_epoch)
@@ -215,9 +218,7 @@ class StepBatches(torch.utils.data.Dataset):
             log.warning("%s:%d: skipped during training: %s", self.data.path, row.line, e)
             eos = self.renderer.tokenizer.eos_token_id
             return [RenderedPrompt([eos], [], [], [False], 0)] * len(row.sequences)
-        size = sum(
-            c.features.numel() * c.features.element_size() for p in out for c in p.audio_clips
-        )
+        size = rendered_bytes(out)
         if size <= self._cache_free:
             self._cache[i] = out
             self._cache_free -= size

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -276,9 +276,13 @@ def last_run(mask: list[bool]) -> list[bool]:
     return out
 
 
-def check_row(renderer: PromptRenderer, row: Row, max_length: int) -> RowInfo:
-    """Render every sequence of the row (this reads and decodes its audio); raise RowError."""
+def check_row(
+    renderer: PromptRenderer, row: Row, max_length: int
+) -> tuple[RowInfo, list[RenderedPrompt]]:
+    """Render every sequence of the row (this reads and decodes its audio); raise RowError.
+    Returns what batching needs to know and the rendered sequences."""
     num_tokens = num_targets = 0
+    rendered = []
     for seq in row.sequences:
         try:
             out = render(renderer, seq)
@@ -292,7 +296,15 @@ def check_row(renderer: PromptRenderer, row: Row, max_length: int) -> RowInfo:
             raise RowError("nothing to learn: no assistant answer (or target) in the row")
         num_tokens += n
         num_targets += targets
-    return RowInfo(row.line, num_tokens, num_targets)
+        rendered.append(out)
+    return RowInfo(row.line, num_tokens, num_targets), rendered
+
+
+def rendered_bytes(rendered: list[RenderedPrompt]) -> int:
+    """The memory the audio features of a rendered row take (the rest is small)."""
+    return sum(
+        c.features.numel() * c.features.element_size() for p in rendered for c in p.audio_clips
+    )
 
 
 @dataclass
@@ -304,6 +316,9 @@ class TrainData:
     info: list[RowInfo]
     bad: list[BadRow]
     total_rows: int
+    # rows rendered while they were checked, by index into `rows`, kept up to a memory budget so
+    # that training does not decode and featurize them again (StepBatches takes them over)
+    rendered: dict[int, list[RenderedPrompt]] = field(default_factory=dict)
 
     @property
     def lengths(self) -> list[int]:
@@ -322,9 +337,11 @@ def load_data(
     rank: int = 0,
     world_size: int = 1,
     progress: bool = False,
+    keep_rendered_bytes: int = 0,
 ) -> TrainData:
     """Parse and validate every row. With several processes each checks a share of the rows
-    and the results are exchanged, so every process ends with the same `TrainData`."""
+    and the results are exchanged, so every process ends with the same rows. Each process keeps
+    the rows it rendered while checking them, up to `keep_rendered_bytes` of audio features."""
     path = Path(path)
     objects, bad = read_jsonl(path)
     total_rows = len(objects) + len(bad)
@@ -335,11 +352,17 @@ def load_data(
 
         iterator = tqdm(iterator, desc="checking data", unit="row")
     parsed: dict[int, Row] = {}
+    kept: dict[int, list[RenderedPrompt]] = {}
+    budget = keep_rendered_bytes
     for i in iterator:
         line, obj = objects[i]
         try:
             parsed[i] = parse_row(obj, line, path.parent, dpo=dpo)
-            checked[i] = check_row(renderer, parsed[i], max_length)
+            checked[i], rendered = check_row(renderer, parsed[i], max_length)
+            size = rendered_bytes(rendered)
+            if size <= budget:
+                kept[i] = rendered
+                budget -= size
         except RowError as e:
             checked[i] = str(e)
         except Exception as e:  # a row must never stop the check of the others
@@ -348,16 +371,18 @@ def load_data(
         gathered: list[dict] = [{} for _ in range(world_size)]
         torch.distributed.all_gather_object(gathered, checked)
         checked = {k: v for part in gathered for k, v in part.items()}
-    rows, info = [], []
+    rows, info, rendered = [], [], {}
     for i, (line, obj) in enumerate(objects):
         result = checked[i]
         if isinstance(result, str):
             bad.append(BadRow(path, line, result))
             continue
+        if i in kept:
+            rendered[len(rows)] = kept[i]
         rows.append(parsed[i] if i in parsed else parse_row(obj, line, path.parent, dpo=dpo))
         info.append(result)
     bad.sort(key=lambda b: b.line)
-    return TrainData(path, rows, info, bad, total_rows)
+    return TrainData(path, rows, info, bad, total_rows, rendered)
 
 
 def bad_row_report(data: TrainData, limit: int | None = 50) -> str:

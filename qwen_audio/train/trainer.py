@@ -23,6 +23,7 @@ from torch import nn
 
 from . import checkpoint as ckpt
 from .adapters import adapter_config, adapter_state, load_adapter_into, read_adapter, write_adapter
+from .allocator import keep_freed_memory
 from .batching import PackedBatch, StepBatches
 from .data import DataError, bad_row_report, load_data
 from .distributed import make_accelerator, setup_sharding
@@ -123,6 +124,8 @@ class Trainer:
             # bf16 base weights next to float32 trained ones need autocast to multiply together
             opts = replace(opts, bf16=True)
         self.opts = opts
+        if not cuda and (opts.train_encoder or opts.train_encoder_layers or opts.lora.encoder):
+            keep_freed_memory()  # the encoder's activations churn pages (see allocator.py)
         self.acc = acc = make_accelerator(
             device=opts.device,
             bf16=opts.bf16,
@@ -147,6 +150,7 @@ class Trainer:
             rank=self.rank,
             world_size=self.world,
             progress=opts.progress and self.main,
+            keep_rendered_bytes=opts.cache_mb * 2**20,  # the check's rendering starts the cache
         )
         self._check_bad_rows()
         self.parts = TrainableParts(
