@@ -124,7 +124,8 @@ class Trainer:
             # bf16 base weights next to float32 trained ones need autocast to multiply together
             opts = replace(opts, bf16=True)
         self.opts = opts
-        if not cuda and (opts.train_encoder or opts.train_encoder_layers or opts.lora.encoder):
+        encoder_adapters = opts.lora.encoder and not opts.full  # --full puts no adapters on
+        if not cuda and (opts.train_encoder or opts.train_encoder_layers or encoder_adapters):
             keep_freed_memory()  # the encoder's activations churn pages (see allocator.py)
         self.acc = acc = make_accelerator(
             device=opts.device,
