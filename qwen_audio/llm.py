@@ -5,99 +5,20 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from .config import CheckpointError, GenerationDefaults, ModelConfig
 from .engine.engine import EngineConfig, LLMEngine
 from .engine.sequence import EngineRequest
-from .model.loader import load_model, parse_dtype, resolve_model_path
-from .model.qwen2_audio import Qwen2AudioForConditionalGeneration
+from .loading import Checkpoint, default_model_path, load_checkpoint
 from .outputs import Delta, OutputBuilder, RequestOutput
-from .prompt import PromptRenderer, RenderedPrompt, load_chat_template
+from .prompt import RenderedPrompt
 from .sampling import SamplingParams
-from .tokenizer import Tokenizer
+
+__all__ = ["LLM", "Checkpoint", "default_model_path", "load_checkpoint", "build_request"]
 
 _request_ids = itertools.count()
-
-
-@dataclass
-class Checkpoint:
-    """Everything loaded from one checkpoint folder."""
-
-    path: Path
-    config: ModelConfig
-    tokenizer: Tokenizer
-    renderer: PromptRenderer
-    generation: GenerationDefaults
-    model: Qwen2AudioForConditionalGeneration
-
-    @property
-    def eos_token_ids(self) -> tuple[int, ...]:
-        if self.generation.eos_token_ids:
-            return self.generation.eos_token_ids
-        return tuple(self.tokenizer.eos_token_ids)
-
-
-def default_model_path() -> Path:
-    """The model used when none is given: $QWEN_AUDIO_MODEL, else the bundled demo model."""
-    env = os.environ.get("QWEN_AUDIO_MODEL")
-    if env:
-        return Path(env)
-    bundled = Path(__file__).parent / "assets" / "demo-model"
-    if (bundled / "config.json").exists():
-        return bundled
-    raise CheckpointError(
-        "no model given: pass a checkpoint folder (LLM(path) / --model DIR) or set QWEN_AUDIO_MODEL"
-    )
-
-
-def load_checkpoint(
-    model: str | os.PathLike | None = None,
-    *,
-    dtype: str | torch.dtype = "auto",
-    device: str = "cpu",
-    quantize: str | None = None,
-    adapter: str | os.PathLike | None = None,
-    long_audio: str = "split",
-    allow_remote_audio: bool = False,
-    allow_download: bool = False,
-) -> Checkpoint:
-    path = (
-        default_model_path()
-        if model is None
-        else resolve_model_path(model, allow_download=allow_download)
-    )
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' was requested but no CUDA device is available")
-    dev = torch.device(device)
-    config = ModelConfig.from_dir(path)
-    tokenizer = Tokenizer.from_dir(path)
-    renderer = PromptRenderer(
-        tokenizer,
-        load_chat_template(path),
-        config.audio.num_mel_bins,
-        long_audio=long_audio,
-        allow_remote_audio=allow_remote_audio,
-    )
-    torch_dtype = parse_dtype(dtype, dev, config)
-    net = load_model(path, config, dtype=torch_dtype, device=dev)
-    if adapter is not None:
-        from .train.adapters import merge_adapter
-
-        merge_adapter(net, Path(adapter))
-    if quantize is not None:
-        from .engine.quant import quantize_model
-
-        quantize_model(net, quantize)
-    else:
-        from .engine.kernels import use_decode_kernels
-
-        use_decode_kernels(net)  # bf16 on AVX512-BF16 CPUs: compiled once, before any request
-    return Checkpoint(path, config, tokenizer, renderer, GenerationDefaults.from_dir(path), net)
 
 
 def build_request(
@@ -176,7 +97,8 @@ class LLM(EngineFrontend):
     >>> llm = LLM("path/to/Qwen2-Audio-7B-Instruct", dtype="bfloat16")
     >>> llm.chat([{"role": "user", "content": [{"type": "audio", "audio": "a.wav"}]}])[0].text
 
-    Options: dtype auto|float32|bfloat16|float16, device cpu|cuda, quantize None|"int8",
+    Options: dtype auto|float32|bfloat16|float16 (the weights' precision; on CPUs without
+    native bf16 the activations run in float32), device cpu|cuda, quantize None|"int8"|"int4",
     adapter (a PEFT LoRA folder to merge), long_audio split|truncate|error, engine_config.
     """
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from qwen_audio.engine.kernels import MAX_ROWS, GemvLinear, load_gemv
 from torch import nn
 
 from qwen_audio import LLM, SamplingParams
-from qwen_audio.engine.kernels import MAX_ROWS, GemvLinear, load_gemv
 from tests.conftest import noise_clip
 
 kernel = load_gemv()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from qwen_audio.engine.quant import FUSED_MAX_ROWS, Int8Linear
 from torch import nn
 
 from qwen_audio import LLM, SamplingParams
-from qwen_audio.engine.quant import FUSED_MAX_ROWS, Int8Linear
 from qwen_audio.model.kv_cache import AttentionBatch
 from tests.conftest import noise_clip
 

@@ -14,21 +14,15 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
+from torch import nn
 
 from ..config import CheckpointError, ModelConfig, read_json
+from .packed import empty_packed, replace_linears
 from .qwen2 import RotaryEmbedding
 from .qwen2_audio import Qwen2AudioForConditionalGeneration
 
 log = logging.getLogger(__name__)
 
-DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 SHOW_PROGRESS_BYTES = 1 << 30  # a progress bar for checkpoints over 1 GiB
 
@@ -76,31 +70,6 @@ def _modelscope_candidates(name: str) -> list[Path]:
     ]
 
 
-def default_dtype(device: torch.device, config: ModelConfig) -> torch.dtype:
-    """`auto`: bf16 on CUDA and on CPUs with native bf16 math, float32 otherwise."""
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
-
-
-def cpu_has_native_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
-
-
-def parse_dtype(dtype: str | torch.dtype, device: torch.device, config: ModelConfig) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype == "auto":
-        return default_dtype(device, config)
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of auto, float32, bfloat16, float16; got {dtype!r}")
-    return DTYPES[dtype]
-
-
 def weight_files(path: Path) -> list[Path]:
     """The safetensors files of a checkpoint: one file, or the shards named by the index."""
     index = path / "model.safetensors.index.json"
@@ -129,10 +98,29 @@ def load_model(
     *,
     dtype: torch.dtype,
     device: torch.device,
+    compute_dtype: torch.dtype | None = None,
+    packed: dict[str, str] | None = None,
     show_progress: bool | None = None,
 ) -> Qwen2AudioForConditionalGeneration:
+    """The model with its weights from `path`.
+
+    `dtype`: the linear layers' weights and the embedding table; `compute_dtype` (default: the
+    same): everything else (norms, biases, convolutions, positions), which sets the activations'
+    dtype. `packed`: {linear layer: format} of a checkpoint written by `qwen-audio quantize`,
+    whose packed tensors load as stored (memory-mapped).
+    """
+    compute = compute_dtype or dtype
     with torch.device("meta"):
         model = Qwen2AudioForConditionalGeneration(config)
+    packed = packed or {}
+    if packed:
+        replace_linears(
+            model,
+            lambda name, m: empty_packed(m, packed[name], compute) if name in packed else None,
+        )
+    as_stored = {f"{n}.{t}" for n in packed for t in ("weight", "scales")}
+    wide = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    wide.add("language_model.model.embed_tokens.weight")
     expected = model.state_dict()
     files = weight_files(path)
     total = sum(f.stat().st_size for f in files)
@@ -161,8 +149,12 @@ def load_model(
                             f"config.json implies {tuple(want)}"
                         )
                     file_bytes = tensor.numel() * tensor.element_size()
-                    if tensor.dtype != dtype:
-                        tensor = tensor.to(dtype)
+                    if key in as_stored:
+                        target = expected[key].dtype
+                    else:
+                        target = dtype if key in wide else compute
+                    if tensor.dtype != target:
+                        tensor = tensor.to(target)
                     if device.type != "cpu":
                         tensor = tensor.to(device)
                     state[key] = tensor
@@ -173,7 +165,7 @@ def load_model(
     if bar is not None:
         bar.close()
 
-    _fill_optional_weights(state, expected, config)
+    _fill_optional_weights(state, expected, config, compute)
     missing = sorted(set(expected) - set(state))
     if missing:
         shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
@@ -191,7 +183,10 @@ def load_model(
 
 
 def _fill_optional_weights(
-    state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], config: ModelConfig
+    state: dict[str, torch.Tensor],
+    expected: dict[str, torch.Tensor],
+    config: ModelConfig,
+    compute: torch.dtype,
 ) -> None:
     """Weights a file may leave out: a tied head, and Whisper's sinusoidal positions."""
     head = "language_model.lm_head.weight"
@@ -202,7 +197,7 @@ def _fill_optional_weights(
     if pos not in state:
         length, dim = expected[pos].shape
         ref = next(iter(state.values()))
-        state[pos] = whisper_sinusoids(length, dim).to(dtype=ref.dtype, device=ref.device)
+        state[pos] = whisper_sinusoids(length, dim).to(dtype=compute, device=ref.device)
 
 
 def whisper_sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> torch.Tensor:

@@ -35,7 +35,8 @@ class Qwen2AudioForConditionalGeneration(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.language_model.model.embed_tokens.weight.dtype
+        """The activations' dtype (the norms'): the weights may be 16-bit or packed below it."""
+        return self.language_model.model.norm.weight.dtype
 
     @property
     def device(self) -> torch.device:
@@ -64,7 +65,7 @@ class Qwen2AudioForConditionalGeneration(nn.Module):
         engine passes it explicitly, because a generated `<|AUDIO|>` token is ordinary text to
         the model (the reference embeds it as a token too).
         """
-        x = self.language_model.model.embed_tokens(input_ids)
+        x = self.language_model.model.embed_tokens(input_ids).to(self.dtype)  # table may be 16-bit
         if audio_mask is None:
             audio_mask = input_ids == self.config.audio_token_index
         count = int(audio_mask.sum())

@@ -19,7 +19,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..config import ModelConfig
-from ..model.loader import DTYPES, load_model
+from ..model.loader import load_model
+from ..precision import DTYPES
 from .adapters import merge_adapter, read_adapter, to_hf_name, write_adapter
 from .lora import has_lora
 

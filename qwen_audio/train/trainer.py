@@ -114,7 +114,7 @@ class Trainer:
     """Holds a run's pieces: setup in `__init__`, the loop in `run`, checkpoints around it."""
 
     def __init__(self, opts: TrainOptions) -> None:
-        from ..llm import load_checkpoint
+        from ..loading import load_checkpoint
 
         cuda = opts.device == "cuda" or (opts.device == "auto" and torch.cuda.is_available())
         dtype = opts.dtype
@@ -141,7 +141,7 @@ class Trainer:
         self.output = Path(opts.output)
         seed_everything(opts.seed)  # the same on every process: identical adapter init
 
-        base = load_checkpoint(opts.model, dtype=dtype, device=str(acc.device))
+        base = load_checkpoint(opts.model, dtype=dtype, device=str(acc.device), for_training=True)
         self.model, self.renderer, self.base_path = base.model, base.renderer, base.path
         self.data = load_data(
             opts.data,

@@ -1,0 +1,140 @@
+"""Our own CPU kernels: built on first use, cached, picked per CPU at run time.
+
+Decoding is bound by reading the weights once per token. `cpu_kernels.cpp` multiplies up to 16
+float32 rows by weights kept as bf16, fp16, int8 or int4 (groups of 32 with an fp16 scale),
+dequantizing in registers, and turns row ranges into float32 tiles for the prefill GEMM. One
+build holds every instruction set (AVX2+FMA+F16C, AVX-512, AVX512-BF16 on x86-64; NEON on
+ARM64); the best one the CPU has is used, or a lower one named by `QWEN_AUDIO_ISA` (avx2,
+avx512, avx512_bf16, neon, none), so the AVX2 path is tested on AVX-512 machines too.
+
+The build uses the system C++ compiler through `torch.utils.cpp_extension` the first time a
+model is loaded (about a minute, once; cached under ~/.cache/qwen_audio). Without a compiler, on
+other CPUs, or with QWEN_AUDIO_KERNELS=0, everything runs on PyTorch's own kernels (logged).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+MAX_ROWS = 16  # the decode kernels take up to 16 rows; more rows go to the tiled GEMM
+GROUP = 32  # weights per scale in the int8/int4 formats
+ISA_IDS = {"none": 0, "avx2": 1, "avx512": 2, "avx512_bf16": 3, "neon": 4}
+ISA_ORDER = ["none", "avx2", "avx512", "avx512_bf16"]  # x86-64, lowest first
+FORMAT_IDS = {"bf16": 0, "fp16": 1, "int8": 2, "int4": 3}
+_DIR = Path(__file__).parent
+_SOURCES = [_DIR / "cpu_kernels.cpp", _DIR / "simd_body.h"]
+_module = None
+_tried = False
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def detected_isa() -> str:
+    """The best instruction set of this CPU that the kernels have, before QWEN_AUDIO_ISA."""
+    machine = platform.machine().lower()
+    if machine in ("aarch64", "arm64"):
+        return "neon"  # every ARM64 CPU has Advanced SIMD
+    if machine not in ("x86_64", "amd64"):
+        return "none"
+    flags = cpu_flags()
+    if not flags:  # no /proc/cpuinfo (macOS, Windows): ask PyTorch's dispatcher
+        cap = torch.backends.cpu.get_cpu_capability()
+        return {"AVX512": "avx512", "AVX2": "avx2"}.get(cap, "none")
+    if not {"avx2", "fma", "f16c"} <= flags:
+        return "none"
+    if not {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags:
+        return "avx2"
+    return "avx512_bf16" if "avx512_bf16" in flags else "avx512"
+
+
+def selected_isa() -> str:
+    """`detected_isa()`, lowered to QWEN_AUDIO_ISA when that names a lower one."""
+    best = detected_isa()
+    forced = os.environ.get("QWEN_AUDIO_ISA", "").strip().lower()
+    if not forced:
+        return best
+    if forced not in ISA_IDS:
+        raise ValueError(f"QWEN_AUDIO_ISA={forced!r}: expected one of {', '.join(ISA_IDS)}")
+    if forced == "none" or best == "none":
+        return "none"
+    if best == "neon" or forced == "neon":
+        return best if forced == best else "none"
+    return forced if ISA_ORDER.index(forced) <= ISA_ORDER.index(best) else best
+
+
+def usable_isas() -> list[str]:
+    """Every instruction set this CPU can run with the kernels (for tests), best last."""
+    best = detected_isa()
+    if best in ("none", "neon"):
+        return [] if best == "none" else ["neon"]
+    return ISA_ORDER[1 : ISA_ORDER.index(best) + 1]
+
+
+def _body_hash() -> str:
+    return hashlib.sha1(_SOURCES[1].read_bytes()).hexdigest()[:12]
+
+
+def load_kernels():
+    """The compiled kernel module, or None where it cannot be used (the reason is logged)."""
+    global _module, _tried
+    if _tried:
+        return _module
+    _tried = True
+    if os.environ.get("QWEN_AUDIO_KERNELS", "1") == "0":
+        log.info("QWEN_AUDIO_KERNELS=0: using PyTorch's kernels")
+        return None
+    if selected_isa() == "none":
+        log.warning(
+            "no kernels for this CPU (%s; AVX2+FMA+F16C, AVX-512 or NEON needed): "
+            "using PyTorch's kernels",
+            platform.machine(),
+        )
+        return None
+    if shutil.which(os.environ.get("CXX", "c++")) is None:
+        log.warning("no C++ compiler found: using PyTorch's kernels (slower decoding)")
+        return None
+    from torch.utils.cpp_extension import load
+
+    tag = f"{torch.__version__.replace('+', '_')}-{platform.machine()}"
+    build = Path.home() / ".cache" / "qwen_audio" / "kernels" / tag
+    build.mkdir(parents=True, exist_ok=True)
+    first = not any(build.glob("*.so"))
+    if first:
+        print("building qwen-audio's CPU kernels (once, about a minute)...", file=sys.stderr)
+    try:
+        _module = load(
+            name="qwen_audio_cpu_kernels",
+            sources=[str(_SOURCES[0])],
+            # the header's hash in the flags: torch rebuilds when sources or flags change
+            # -fopenmp: at::parallel_for is an OpenMP pragma in a header, serial without it; the
+            # runtime resolves to the libgomp.so.1 that torch has already loaded
+            extra_cflags=["-O3", "-fopenmp", f"-DQWEN_AUDIO_BODY={_body_hash()}"],
+            extra_ldflags=["-fopenmp"],
+            extra_include_paths=[str(_DIR)],
+            build_directory=str(build),
+            verbose=False,
+        )
+    except Exception as err:  # a broken toolchain must not stop the model from running
+        log.warning("could not build the CPU kernels (%s); using PyTorch's kernels", err)
+        _module = None
+    return _module

@@ -1,0 +1,150 @@
+// The weight-streaming kernels, written once against a small vector interface `V` and included
+// once per instruction set (see cpu_kernels.cpp), inside a namespace that defines `V` under that
+// instruction set's target options. No torch headers here: plain pointers only.
+//
+// Weight formats (all row-major, one output feature per row, K inputs per row):
+//   bf16 / fp16  (N, K) 16-bit floats
+//   q8           (N, K) int8 + (N, K/32) fp16 scales: w = q * scale           (as llama.cpp Q8_0)
+//   q4           (N, K/2) bytes + (N, K/32) fp16 scales: w = (nibble - 8) * scale (as Q4_0); in
+//                each group of 32 weights, byte j holds weight j (low nibble) and j + 16 (high)
+// A kernel dequantizes one group of 32 weights into float32 registers and multiplies it with
+// every input row, so each weight byte is read once per call whatever the number of rows.
+
+// V::W floats per register; kGroup / V::W registers per group.
+constexpr int kVecs = kGroup / V::W;
+
+struct Bf16Rows {
+  const uint16_t* w;
+  int64_t K;
+  inline void group(int64_t n, int64_t g, V::F out[kVecs]) const {
+    const uint16_t* p = w + n * K + g * kGroup;
+    for (int j = 0; j < kVecs; j++) out[j] = V::bf16(p + j * V::W);
+  }
+};
+
+struct Fp16Rows {
+  const uint16_t* w;
+  int64_t K;
+  inline void group(int64_t n, int64_t g, V::F out[kVecs]) const {
+    const uint16_t* p = w + n * K + g * kGroup;
+    for (int j = 0; j < kVecs; j++) out[j] = V::fp16(p + j * V::W);
+  }
+};
+
+struct Q8Rows {
+  const int8_t* q;
+  const uint16_t* s;
+  int64_t K;
+  inline void group(int64_t n, int64_t g, V::F out[kVecs]) const {
+    V::q8(q + n * K + g * kGroup, out);
+    const V::F scale = V::set1(V::half(s[n * (K / kGroup) + g]));
+    for (int j = 0; j < kVecs; j++) out[j] = V::mul(out[j], scale);
+  }
+};
+
+struct Q4Rows {
+  const uint8_t* q;
+  const uint16_t* s;
+  int64_t K;
+  inline void group(int64_t n, int64_t g, V::F out[kVecs]) const {
+    V::q4(q + n * (K / 2) + g * (kGroup / 2), out);  // nibble - 8, as float
+    const V::F scale = V::set1(V::half(s[n * (K / kGroup) + g]));
+    for (int j = 0; j < kVecs; j++) out[j] = V::mul(out[j], scale);
+  }
+};
+
+// y[m * ldy + n] = sum_k x[m * ldx + k] * w[n, k] for MR rows m and the outputs n in [n0, n1).
+// Independent accumulator chains per row hide the FMA latency: one row needs several.
+template <class Rows, int MR>
+void rows_times_weights(const Rows& rows, const float* x, int64_t ldx, float* y, int64_t ldy,
+                        int64_t K, int64_t n0, int64_t n1) {
+  constexpr int kChains = MR == 1 ? (kVecs < 4 ? kVecs : 4) : (kVecs < 2 ? kVecs : 2);
+  const int64_t groups = K / kGroup;
+  for (int64_t n = n0; n < n1; n++) {
+    V::F acc[MR][kChains];
+#pragma GCC unroll 16
+    for (int m = 0; m < MR; m++)
+#pragma GCC unroll 4
+      for (int c = 0; c < kChains; c++) acc[m][c] = V::zero();
+    for (int64_t g = 0; g < groups; g++) {
+      V::F w[kVecs];
+      rows.group(n, g, w);
+      const float* xg = x + g * kGroup;
+#pragma GCC unroll 16
+      for (int m = 0; m < MR; m++) {
+#pragma GCC unroll 8
+        for (int j = 0; j < kVecs; j++) {
+          acc[m][j % kChains] = V::fma(w[j], V::load(xg + m * ldx + j * V::W), acc[m][j % kChains]);
+        }
+      }
+    }
+#pragma GCC unroll 16
+    for (int m = 0; m < MR; m++) {
+      V::F total = acc[m][0];
+#pragma GCC unroll 4
+      for (int c = 1; c < kChains; c++) total = V::add(total, acc[m][c]);
+      y[m * ldy + n] = V::hsum(total);
+    }
+  }
+}
+
+template <class Rows>
+void gemv_rows(const Rows& rows, const float* x, int64_t M, int64_t K, float* y, int64_t N,
+               int64_t n0, int64_t n1) {
+  // Rows of x in blocks of at most V::kMaxRows, each block re-reading the weight rows from
+  // cache (a row of 4096 weights is 2-8 KB): the block's accumulators must fit in registers.
+  for (int64_t m0 = 0; m0 < M; m0 += V::kMaxRows) {
+    const int64_t mr = M - m0 < V::kMaxRows ? M - m0 : V::kMaxRows;
+    const float* xm = x + m0 * K;
+    float* ym = y + m0 * N;
+    switch (mr) {
+      case 1: rows_times_weights<Rows, 1>(rows, xm, K, ym, N, K, n0, n1); break;
+      case 2: rows_times_weights<Rows, 2>(rows, xm, K, ym, N, K, n0, n1); break;
+      case 3: rows_times_weights<Rows, 3>(rows, xm, K, ym, N, K, n0, n1); break;
+      case 4: rows_times_weights<Rows, 4>(rows, xm, K, ym, N, K, n0, n1); break;
+#if KMAXROWS > 4
+      case 5: rows_times_weights<Rows, 5>(rows, xm, K, ym, N, K, n0, n1); break;
+      case 6: rows_times_weights<Rows, 6>(rows, xm, K, ym, N, K, n0, n1); break;
+      case 7: rows_times_weights<Rows, 7>(rows, xm, K, ym, N, K, n0, n1); break;
+      case 8: rows_times_weights<Rows, 8>(rows, xm, K, ym, N, K, n0, n1); break;
+#endif
+      default: break;
+    }
+  }
+}
+
+template <class Rows>
+void dequantize_rows(const Rows& rows, int64_t K, int64_t n0, int64_t n1, float* out) {
+  const int64_t groups = K / kGroup;
+  for (int64_t n = n0; n < n1; n++) {
+    float* o = out + (n - n0) * K;
+    for (int64_t g = 0; g < groups; g++) {
+      V::F w[kVecs];
+      rows.group(n, g, w);
+      for (int j = 0; j < kVecs; j++) V::store(o + g * kGroup + j * V::W, w[j]);
+    }
+  }
+}
+
+// The entry points of this instruction set (the dispatcher splits [0, N) across threads).
+void gemv(int format, const void* w, const uint16_t* s, const float* x, int64_t M, int64_t K,
+          float* y, int64_t N, int64_t n0, int64_t n1) {
+  switch (format) {
+    case kBf16: gemv_rows(Bf16Rows{static_cast<const uint16_t*>(w), K}, x, M, K, y, N, n0, n1); break;
+    case kFp16: gemv_rows(Fp16Rows{static_cast<const uint16_t*>(w), K}, x, M, K, y, N, n0, n1); break;
+    case kQ8: gemv_rows(Q8Rows{static_cast<const int8_t*>(w), s, K}, x, M, K, y, N, n0, n1); break;
+    case kQ4: gemv_rows(Q4Rows{static_cast<const uint8_t*>(w), s, K}, x, M, K, y, N, n0, n1); break;
+    default: break;
+  }
+}
+
+void dequantize(int format, const void* w, const uint16_t* s, int64_t K, int64_t n0, int64_t n1,
+                float* out) {
+  switch (format) {
+    case kBf16: dequantize_rows(Bf16Rows{static_cast<const uint16_t*>(w), K}, K, n0, n1, out); break;
+    case kFp16: dequantize_rows(Fp16Rows{static_cast<const uint16_t*>(w), K}, K, n0, n1, out); break;
+    case kQ8: dequantize_rows(Q8Rows{static_cast<const int8_t*>(w), s, K}, K, n0, n1, out); break;
+    case kQ4: dequantize_rows(Q4Rows{static_cast<const uint8_t*>(w), s, K}, K, n0, n1, out); break;
+    default: break;
+  }
+}

@@ -1,0 +1,165 @@
+"""`PackedLinear`: an inference `nn.Linear` whose weight stays bf16/fp16 or int8/int4 in memory.
+
+Few rows (decoding, up to 16) go to the weight-streaming kernels, which read every weight byte
+once and accumulate in float32. Many rows (prefill, the encoder) are compute bound: the weight is
+dequantized one tile of output rows at a time and multiplied by the BLAS GEMM in the activations'
+dtype (float32 where the CPU has no native bf16), so no more than one tile is ever held wide.
+Without the kernels both paths run in plain PyTorch on the same formats.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import kernels as K
+from . import quant
+
+TILE_FLOATS = 1 << 20  # one dequantized tile: 4 MiB of float32, about an L2 cache or two
+QUANTIZE_CHUNK_FLOATS = 1 << 25  # rows quantized at once: 128 MiB of float32 temporaries
+
+
+def quantize_in_chunks(format: str, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`quant.quantize` over blocks of rows: a 156k-row head never becomes float32 at once."""
+    rows = max(1, QUANTIZE_CHUNK_FLOATS // w.shape[1])
+    parts = [quant.quantize(format, w[i : i + rows]) for i in range(0, w.shape[0], rows)]
+    if len(parts) == 1:
+        return parts[0]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+class PackedLinear(nn.Module):
+    """y = x @ W^T + b with W in `format`: bf16, fp16 (as stored), int8 or int4 (grouped)."""
+
+    def __init__(
+        self,
+        format: str,
+        weight: torch.Tensor,
+        scales: torch.Tensor | None,
+        bias: torch.Tensor | None,
+        in_features: int,
+        out_features: int,
+    ) -> None:
+        super().__init__()
+        if format not in K.FORMAT_IDS:
+            raise ValueError(f"unknown weight format {format!r}")
+        self.format = format
+        self.in_features, self.out_features = in_features, out_features
+        # buffers, not parameters: inference only, and state_dict() shows the packed tensors
+        self.register_buffer("weight", weight)
+        self.register_buffer("scales", scales)
+        self.register_buffer("bias", bias)
+        self.kernels = None
+        self.isa = 0
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, format: str, bias_dtype: torch.dtype) -> PackedLinear:
+        """Pack a linear layer's weight: 16-bit weights are kept as they are (no copy)."""
+        w = linear.weight.detach()
+        bias = None if linear.bias is None else linear.bias.detach().to(bias_dtype)
+        if format in quant.METHODS:
+            q, s = quantize_in_chunks(format, w)
+            return cls(format, q, s, bias, linear.in_features, linear.out_features)
+        want = _SIXTEEN[format]
+        return cls(format, w.to(want), None, bias, linear.in_features, linear.out_features)
+
+    def use_kernels(self, module, isa: str) -> bool:
+        """Route this layer through the compiled kernels; False if its shape does not fit them."""
+        if module is None or self.in_features % K.GROUP or self.weight.device.type != "cpu":
+            return False
+        self.kernels, self.isa = module, K.ISA_IDS[isa]
+        return True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        flat = x.reshape(-1, self.in_features)
+        rows = flat.shape[0]
+        if self.kernels is not None and rows <= K.MAX_ROWS and not torch.is_grad_enabled():
+            y = self._decode(flat)
+        else:
+            y = self._tiled_matmul(flat)
+        y = y.to(dtype)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def _decode(self, flat: torch.Tensor) -> torch.Tensor:
+        if self.format == "bf16" and flat.dtype == torch.bfloat16 and self.isa == 3:
+            return self.kernels.linear_bf16_native(flat, self.weight)  # native bf16 dot products
+        scales = self.scales if self.scales is not None else _NO_SCALES
+        return self.kernels.linear(
+            flat.float().contiguous(), self.weight, scales, K.FORMAT_IDS[self.format], self.isa
+        )
+
+    def _tiled_matmul(self, flat: torch.Tensor) -> torch.Tensor:
+        compute = flat.dtype if flat.dtype in (torch.float32, torch.bfloat16) else torch.float32
+        if self.format == "bf16" and compute == torch.bfloat16:
+            return F.linear(flat, self.weight)  # the native bf16 GEMM reads bf16 directly
+        flat = flat.to(compute)
+        N = self.out_features
+        tile = max(16, TILE_FLOATS // self.in_features)
+        if tile >= N:
+            return flat @ self.dequantized(0, N).to(compute).T
+        out = torch.empty(flat.shape[0], N, dtype=compute, device=flat.device)
+        for n0 in range(0, N, tile):
+            n1 = min(N, n0 + tile)
+            torch.mm(flat, self.dequantized(n0, n1).to(compute).T, out=out[:, n0:n1])
+        return out
+
+    def dequantized(self, n0: int, n1: int) -> torch.Tensor:
+        """Output rows [n0, n1) of the weight in float32."""
+        if self.kernels is not None:
+            scales = self.scales if self.scales is not None else _NO_SCALES
+            fmt = K.FORMAT_IDS[self.format]
+            return self.kernels.dequantize(self.weight, scales, fmt, self.isa, n0, n1)
+        if self.format in quant.METHODS:
+            return quant.dequantize(self.format, self.weight[n0:n1], self.scales[n0:n1])
+        return self.weight[n0:n1].float()
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, format={self.format}"
+
+
+_NO_SCALES = torch.empty(0, dtype=torch.float16)
+
+
+def empty_packed(linear: nn.Linear, format: str, bias_dtype: torch.dtype) -> PackedLinear:
+    """A PackedLinear on the meta device with `format`'s shapes, to load a packed file into."""
+    N, Kin = linear.out_features, linear.in_features
+    with torch.device("meta"):
+        if format == "int8":
+            w, s = torch.empty(N, Kin, dtype=torch.int8), torch.empty(N, Kin // quant.GROUP)
+        elif format == "int4":
+            w, s = torch.empty(N, Kin // 2, dtype=torch.uint8), torch.empty(N, Kin // quant.GROUP)
+        else:
+            w, s = torch.empty(N, Kin, dtype=_SIXTEEN[format]), None
+        s = None if s is None else s.to(torch.float16)
+        bias = None if linear.bias is None else torch.empty(N, dtype=bias_dtype)
+    return PackedLinear(format, w, s, bias, Kin, N)
+
+
+def replace_linears(model: nn.Module, make) -> None:
+    """Swap each module `name` for `make(name, module)` where that returns a module."""
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            full = f"{name}.{child_name}" if name else child_name
+            new = make(full, child)
+            if new is not None:
+                setattr(module, child_name, new)
+
+
+def attach_kernels(model: nn.Module) -> str | None:
+    """Route every PackedLinear through the compiled kernels; the instruction set, or None."""
+    layers = [m for m in model.modules() if isinstance(m, PackedLinear)]
+    if not layers:
+        return None
+    module = K.load_kernels()
+    if module is None:
+        return None
+    isa = K.selected_isa()
+    used = [layer.use_kernels(module, isa) for layer in layers]
+    return isa if any(used) else None
+
+
+_SIXTEEN = {"bf16": torch.bfloat16, "fp16": torch.float16}
