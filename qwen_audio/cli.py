@@ -18,7 +18,13 @@ def add_model_options(p: argparse.ArgumentParser, *, required: bool = False) -> 
     )
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--quantize", choices=["int8"], default=None, help="weight-only int8 decoder")
+    p.add_argument(
+        "--quantize",
+        choices=["int8", "int4"],
+        default=None,
+        help="store the decoder's weights as int8 or int4 groups (quantized while loading, "
+        "one layer at a time; `qwen-audio quantize` saves the result)",
+    )
     p.add_argument(
         "--long-audio",
         choices=["split", "truncate", "error"],
@@ -75,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     add_chat_command(sub)
     add_transcribe_command(sub)
+    add_quantize_command(sub)
     _add_optional(sub, "qwen_audio.server.cli", "add_serve_subcommand")
     _add_optional(sub, "qwen_audio.eval.cli", "add_eval_subcommands")
     _add_optional(sub, "qwen_audio.train.cli", "add_train_subcommands")
@@ -122,6 +129,28 @@ def _run_chat(args) -> int:
                 ensure_ascii=False,
             )
         )
+    return 0
+
+
+def add_quantize_command(sub) -> None:
+    p = sub.add_parser(
+        "quantize", help="write an int8/int4 copy of a checkpoint that loads in seconds"
+    )
+    p.add_argument("--model", help="checkpoint folder or cached hub id (default: the demo model)")
+    p.add_argument("--method", choices=["int8", "int4"], required=True)
+    p.add_argument("--output", required=True, help="folder to write")
+    p.set_defaults(func=_run_quantize)
+
+
+def _run_quantize(args) -> int:
+    from pathlib import Path
+
+    from .loading import load_checkpoint, save_quantized
+
+    checkpoint = load_checkpoint(args.model, quantize=args.method)
+    out = save_quantized(checkpoint, Path(args.output))
+    size = sum(f.stat().st_size for f in out.iterdir() if f.suffix == ".safetensors")
+    print(f"wrote {out} ({args.method}, {size / 2**30:.2f} GiB of weights)")
     return 0
 
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from . import precision as prec
@@ -179,15 +180,16 @@ def pack_model(model: nn.Module, plan: prec.Precision) -> None:
 def stored_dtype(path: Path) -> torch.dtype:
     """The floating dtype most of a checkpoint's bytes are stored in (read from a header)."""
     best: dict[torch.dtype, int] = {}
-    with safe_open(str(weight_files(path)[0]), framework="pt") as st:
-        for key in st.keys():
-            sl = st.get_slice(key)
-            dtype = _SAFETENSORS_DTYPES.get(sl.get_dtype())
-            if dtype is not None:
-                n = 1
-                for d in sl.get_shape():
-                    n *= d
-                best[dtype] = best.get(dtype, 0) + n
+    first = weight_files(path)[0]
+    try:
+        with safe_open(str(first), framework="pt") as st:
+            for key in st.keys():
+                sl = st.get_slice(key)
+                dtype = _SAFETENSORS_DTYPES.get(sl.get_dtype())
+                if dtype is not None:
+                    best[dtype] = best.get(dtype, 0) + math.prod(sl.get_shape())
+    except SafetensorError as err:
+        raise CheckpointError(f"cannot read {first}: {err}") from None
     return max(best, key=best.get) if best else torch.float32
 
 
@@ -214,14 +216,14 @@ def _method_of(layout: dict[str, str]) -> str | None:
 
 def save_quantized(checkpoint: Checkpoint, out_dir: Path) -> Path:
     """Write a loaded, quantized checkpoint as a folder that `load_checkpoint` maps directly:
-    packed tensors as they are, other floating tensors in the 16-bit dtype of the weights."""
+    packed tensors as they are, other floating tensors in the weights' (stored) dtype."""
     from .train.export import save_hub_checkpoint
 
     plan = checkpoint.precision
     if plan is None or plan.quantize is None:
         raise ValueError("the checkpoint is not quantized")
     model = checkpoint.model
-    store = plan.weights if plan.weights != torch.float32 else torch.bfloat16
+    store = plan.weights
     layers = {n: m.format for n, m in model.named_modules() if isinstance(m, PackedLinear)}
     packed_keys = {f"{n}.{t}" for n in layers for t in ("weight", "scales")}
     state = {}

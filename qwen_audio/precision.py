@@ -106,6 +106,10 @@ def plan(
         choice = Precision(torch.float32, torch.float32)
         if not _fits(config, choice, available):  # float32 as stored is too big: keep 16 bits
             choice = Precision(torch.bfloat16, torch.float32)
+    elif requested == torch.float32 and stored in (torch.bfloat16, torch.float16) and not quantize:
+        # float32 math on 16-bit weights: widening them is exact, so keeping them as stored
+        # computes the same products with half the memory
+        choice = Precision(stored, torch.float32)
     else:
         if requested is not None:
             weights = requested

@@ -1,58 +1,196 @@
-"""The bf16 decode kernel: same products as PyTorch's GEMM, used only where it applies."""
+"""The CPU kernels against PyTorch, on every instruction set this CPU can run, random and odd
+shapes, every weight format; and the run-time choice of the instruction set."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from qwen_audio.engine.kernels import MAX_ROWS, GemvLinear, load_gemv
 from torch import nn
 
-from qwen_audio import LLM, SamplingParams
-from tests.conftest import noise_clip
+from qwen_audio import kernels as K
+from qwen_audio.model import quant
+from qwen_audio.model.packed import PackedLinear
 
-kernel = load_gemv()
-needs_kernel = pytest.mark.skipif(kernel is None, reason="no AVX512-BF16 CPU or no C++ compiler")
+module = K.load_kernels()
+ISAS = K.usable_isas() if module is not None else []
+needs_kernels = pytest.mark.skipif(
+    module is None,
+    reason="kernels unavailable here: "
+    + (
+        "no C++ compiler"
+        if K.detected_isa() != "none"
+        else "this CPU has no AVX2+FMA+F16C, AVX-512 or NEON"
+    ),
+)
+FORMATS = ["bf16", "fp16", "int8", "int4"]
 
 
-@needs_kernel
-@pytest.mark.parametrize("rows", [1, 2, 7, MAX_ROWS])
-def test_gemv_equals_linear_to_bf16_rounding(rows):
-    torch.manual_seed(rows)
-    lin = nn.Linear(256, 96, bias=True).to(torch.bfloat16)
-    fast = GemvLinear(lin, kernel)
-    x = torch.randn(rows, 256, dtype=torch.bfloat16)
-    with torch.inference_mode():
-        got, ref = fast(x).float(), lin(x).float()
-    # both round float32 sums to bf16 (product, then + bias): within two bf16 steps (2^-8
-    # relative each) of the magnitude of what was summed
+def packed(fmt: str, n: int, k: int, seed: int, bias: bool = False) -> PackedLinear:
+    torch.manual_seed(seed)
+    lin = nn.Linear(k, n, bias=bias)
     with torch.no_grad():
-        exact = x.float() @ lin.weight.float().T + lin.bias.float()
-        scale = x.float().abs() @ lin.weight.float().abs().T + lin.bias.float().abs()
-        step = scale * 2**-8
-    assert ((got - exact).abs() <= 2 * step).all()
-    assert ((ref - exact).abs() <= 2 * step).all()
+        lin.weight.normal_(0, 0.05)
+    return PackedLinear.from_linear(lin, fmt, torch.float32)
 
 
-@needs_kernel
-def test_more_rows_and_training_use_the_gemm():
-    lin = nn.Linear(64, 32).to(torch.bfloat16)
-    fast = GemvLinear(lin, kernel)
-    x = torch.randn(MAX_ROWS + 1, 64, dtype=torch.bfloat16)
+def reference_weight(p: PackedLinear) -> torch.Tensor:
+    if p.format in quant.METHODS:
+        return quant.dequantize(p.format, p.weight, p.scales).double()
+    return p.weight.double()
+
+
+def assert_products_close(
+    y: torch.Tensor, x: torch.Tensor, w: torch.Tensor, int8_inputs: bool = False
+) -> None:
+    """float32 accumulation in another order: within 1e-5 of the magnitude that was summed.
+
+    `int8_inputs`: the kernel rounded each group of 32 inputs to int8 (AVX2's int8/int4 path),
+    which moves each input by at most half its group's step, max|x| / 127 / 2."""
+    exact = x.double() @ w.T
+    scale = x.double().abs() @ w.abs().T
+    bound = 1e-5 * scale + 1e-7
+    if int8_inputs:
+        M, Kin = x.shape
+        step = x.double().abs().reshape(M, Kin // 32, 32).amax(-1) / 127  # (M, G)
+        w_sums = w.abs().reshape(w.shape[0], Kin // 32, 32).sum(-1)  # (N, G)
+        bound = bound + (0.5 + 1e-6) * step @ w_sums.T
+    assert ((y.double() - exact).abs() <= bound).all()
+
+
+def rounds_inputs(isa: str, fmt: str) -> bool:
+    return isa == "avx2" and fmt in ("int8", "int4")
+
+
+@needs_kernels
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 9, 16])
+def test_decode_kernel_equals_pytorch(isa, fmt, rows):
+    for n, k in [(37, 96), (64, 32), (129, 4096 // 8)]:  # odd outputs, one group, many groups
+        p = packed(fmt, n, k, seed=rows + n)
+        x = torch.randn(rows, k)
+        scales = p.scales if p.scales is not None else _empty()
+        y = module.linear(x, p.weight, scales, _fmt(p), _isa(isa))
+        assert y.shape == (rows, n)
+        assert_products_close(y, x, reference_weight(p), rounds_inputs(isa, fmt))
+        # each row's sums do not depend on the other rows: batched == single, bit for bit
+        for i in (0, rows - 1):
+            one = module.linear(x[i : i + 1], p.weight, scales, _fmt(p), _isa(isa))
+            assert torch.equal(one[0], y[i])
+
+
+@needs_kernels
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_dequantize_kernel_is_exact(isa, fmt):
+    p = packed(fmt, 45, 160, seed=3)
+    scales = p.scales if p.scales is not None else _empty()
+    full = module.dequantize(p.weight, scales, _fmt(p), _isa(isa), 0, 45)
+    assert torch.equal(full.double(), reference_weight(p))
+    part = module.dequantize(p.weight, scales, _fmt(p), _isa(isa), 7, 30)
+    assert torch.equal(part, full[7:30])
+
+
+@needs_kernels
+def test_kernel_rejects_bad_shapes():
+    p = packed("int8", 8, 64, seed=0)
+    with pytest.raises(RuntimeError, match="1 to 16 input rows"):
+        module.linear(torch.randn(17, 64), p.weight, p.scales, 2, _isa(ISAS[0]))
+    with pytest.raises(RuntimeError, match="float32"):
+        module.linear(torch.randn(1, 32), p.weight, p.scales, 2, _isa(ISAS[0]))
+    with pytest.raises(RuntimeError, match="scales"):
+        module.linear(torch.randn(1, 64), p.weight, _empty(), 2, _isa(ISAS[0]))
+
+
+@needs_kernels
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_packed_linear_paths_agree(fmt):
+    """Decode kernel (<= 16 rows), tiled GEMM (more rows, or autograd on), and plain PyTorch."""
+    p = packed(fmt, 300, 256, seed=5, bias=True)
+    plain = packed(fmt, 300, 256, seed=5, bias=True)  # same weights, no kernels attached
+    isa = K.selected_isa()
+    assert p.use_kernels(module, isa)
+    w = reference_weight(p)
+    for rows in (1, 16, 17, 70):
+        x = torch.randn(rows, 256)
+        with torch.inference_mode():
+            got, ref = p(x), plain(x)
+        assert_products_close(got - p.bias, x, w, rows <= 16 and rounds_inputs(isa, fmt))
+        assert_products_close(ref - p.bias, x, w)
+    x = torch.randn(2, 256)  # autograd on: the tiled GEMM, same dequantized weights as PyTorch's
+    torch.testing.assert_close(p(x), plain(x), rtol=0, atol=0)
+
+
+def test_tiles_cover_every_output_row(monkeypatch):
+    monkeypatch.setattr("qwen_audio.model.packed.TILE_FLOATS", 64 * 40)  # 40-row tiles of 64
+    p = packed("int4", 130, 64, seed=9)
+    x = torch.randn(20, 64)
     with torch.inference_mode():
-        torch.testing.assert_close(fast(x), lin(x), rtol=0, atol=0)
-    y = torch.randn(2, 64, dtype=torch.bfloat16)
-    torch.testing.assert_close(fast(y), lin(y), rtol=0, atol=0)  # grad mode: plain GEMM
+        assert_products_close(p(x), x, reference_weight(p))
 
 
-@needs_kernel
-def test_bf16_model_uses_the_kernel_and_agrees(checkpoints, monkeypatch):
-    path = checkpoints("mha")
-    conv = [{"role": "user", "content": [{"type": "audio", "audio": (noise_clip(2.0), 16000)}]}]
-    params = SamplingParams(temperature=0, max_tokens=8)
-    fast = LLM(path, dtype="bfloat16")
-    assert isinstance(fast.model.language_model.lm_head, GemvLinear)
-    monkeypatch.setattr("qwen_audio.engine.kernels._module", None)
-    plain = LLM(path, dtype="bfloat16")
-    assert not isinstance(plain.model.language_model.lm_head, GemvLinear)
-    a, b = fast.chat(conv, params)[0].token_ids, plain.chat(conv, params)[0].token_ids
-    assert a[0] == b[0]
+@pytest.mark.parametrize(
+    ("machine", "flags", "expected"),
+    [
+        ("x86_64", {"avx2", "fma", "f16c"}, "avx2"),
+        ("x86_64", {"avx2", "fma"}, "none"),  # no F16C
+        (
+            "x86_64",
+            {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq"},
+            "avx512",
+        ),
+        (
+            "x86_64",
+            {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16"},
+            "avx512_bf16",
+        ),
+        ("aarch64", {"asimd"}, "neon"),
+        ("riscv64", set(), "none"),
+    ],
+)
+def test_detected_isa_follows_the_cpu_flags(monkeypatch, machine, flags, expected):
+    monkeypatch.setattr(K.platform, "machine", lambda: machine)
+    monkeypatch.setattr(K, "cpu_flags", lambda: flags)
+    assert K.detected_isa() == expected
+
+
+def test_environment_forces_a_lower_instruction_set(monkeypatch):
+    monkeypatch.setattr(K, "detected_isa", lambda: "avx512_bf16")
+    for forced, got in [
+        ("avx2", "avx2"),
+        ("avx512", "avx512"),
+        ("none", "none"),
+        ("", "avx512_bf16"),
+    ]:
+        monkeypatch.setenv("QWEN_AUDIO_ISA", forced)
+        assert K.selected_isa() == got
+    monkeypatch.setattr(K, "detected_isa", lambda: "avx2")
+    monkeypatch.setenv("QWEN_AUDIO_ISA", "avx512")  # never raised above what the CPU has
+    assert K.selected_isa() == "avx2"
+    monkeypatch.setenv("QWEN_AUDIO_ISA", "sse9")
+    with pytest.raises(ValueError, match="QWEN_AUDIO_ISA"):
+        K.selected_isa()
+
+
+def _fmt(p: PackedLinear) -> int:
+    return K.FORMAT_IDS[p.format]
+
+
+def _isa(name: str) -> int:
+    return K.ISA_IDS[name]
+
+
+def _empty() -> torch.Tensor:
+    return torch.empty(0, dtype=torch.float16)
+
+
+@pytest.mark.skipif("avx512_bf16" not in ISAS, reason="needs a CPU with AVX512-BF16")
+@pytest.mark.parametrize("rows", [1, 2, 7, 16])
+def test_native_bf16_kernel_rounds_like_the_gemm(rows):
+    torch.manual_seed(rows)
+    w = (torch.randn(96, 256) * 0.05).bfloat16()
+    x = torch.randn(rows, 256).bfloat16()
+    got = module.linear_bf16_native(x, w).float()
+    exact = x.float() @ w.float().T
+    step = (x.float().abs() @ w.float().abs().T) * 2**-8  # one bf16 rounding of the sum
+    assert ((got - exact).abs() <= step).all()

@@ -121,7 +121,10 @@ def test_dtypes_and_weights_are_memory_mapped(checkpoints):
         ("float16", torch.float16),
     ]:
         llm = LLM(path, dtype=name)
-        assert llm.model.dtype == dtype
+        # the weights take the dtype asked for; activations run in float32 unless bf16 is native
+        assert llm.model.language_model.model.embed_tokens.weight.dtype == dtype
+        assert llm.model.language_model.lm_head.weight.dtype == dtype
+        assert llm.model.dtype == llm.checkpoint.precision.compute
         assert llm.chat(CONV, PARAMS)[0].finish_reason in ("stop", "length")
     with pytest.raises(ValueError, match="dtype"):
         LLM(path, dtype="int4")

@@ -25,19 +25,38 @@ ROWS = [
     ("ttft_30s", "TTFT, 30 s clip + question", "s", True),
     ("ttft_third_turn", "TTFT, 3rd voice-chat turn", "s", True),
     ("decode_tok_s", "decode, batch 1", "tok/s", False),
+    ("prefill_tok_s", "text prompt prefill", "tok/s", False),
     ("throughput_tok_s", "16 requests x 64 tokens", "tok/s", False),
     ("peak_rss_mb", "peak RSS", "MiB", True),
 ]
+# Workloads for a 7B model on a CPU: transformers' bf16 takes minutes per TTFT there.
+SEVEN_B_WORKLOADS = "ttft_5s,decode,prefill"
 
 
 def add_bench_subcommand(sub) -> None:
     p = sub.add_parser("bench", help="benchmark the engine (optionally against transformers)")
     p.add_argument("--model", required=True, help="checkpoint folder")
-    p.add_argument("--compare", choices=["transformers"], default=None)
+    p.add_argument(
+        "--compare",
+        default=None,
+        help="peers, comma-separated: transformers, llama.cpp (decoder only, Q8_0/Q4_0 next to "
+        "our int8/int4 and bf16 next to our bf16)",
+    )
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
     p.add_argument("--device", default="cpu")
-    p.add_argument("--quantize", choices=["int8"], default=None, help="also run ours with int8")
-    p.add_argument("--workloads", default=ALL_WORKLOADS)
+    p.add_argument(
+        "--quantize", default=None, help="also run ours quantized: int8, int4 or int8,int4"
+    )
+    p.add_argument(
+        "--workloads",
+        default=ALL_WORKLOADS,
+        help=f"comma-separated; for 7B on a CPU use {SEVEN_B_WORKLOADS}",
+    )
+    p.add_argument("--repeats", type=int, default=3, help="TTFT runs (the best is kept)")
+    p.add_argument("--decode-tokens", type=int, default=64)
+    p.add_argument("--prompt-tokens", type=int, default=800, help="the prefill workload's length")
+    p.add_argument("--llama-cpp", default=None, help="folder with llama-bench and llama-quantize")
+    p.add_argument("--gguf-dir", default=None, help="where the GGUF files go (reused if there)")
     p.add_argument(
         "--quality",
         action="store_true",
@@ -49,7 +68,8 @@ def add_bench_subcommand(sub) -> None:
 def worker(framework: str, args, quantize: str | None = None) -> dict:
     cmd = [sys.executable, "-m", "qwen_audio.bench.worker", "--framework", framework]
     cmd += ["--model", args.model, "--dtype", args.dtype, "--device", args.device]
-    cmd += ["--workloads", args.workloads]
+    cmd += ["--workloads", args.workloads, "--repeats", str(args.repeats)]
+    cmd += ["--decode-tokens", str(args.decode_tokens), "--prompt-tokens", str(args.prompt_tokens)]
     if quantize:
         cmd += ["--quantize", quantize]
     label = framework + (f" ({quantize})" if quantize else "")
@@ -72,18 +92,100 @@ def memory_bandwidth_gbs(size_mb: int = 1024, repeats: int = 5) -> float:
     return buf.numel() * 2 / best / 1e9
 
 
+def describe_machine() -> str:
+    """CPU model, the flags that decide our kernels, cores, torch: printed with every number."""
+    from .. import kernels
+
+    model = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    wanted = (
+        "avx2",
+        "fma",
+        "f16c",
+        "avx512f",
+        "avx512bw",
+        "avx512_vnni",
+        "avx512_bf16",
+        "amx_bf16",
+        "asimd",
+    )
+    flags = " ".join(f for f in wanted if f in kernels.cpu_flags()) or "none of note"
+    return (
+        f"{model}, {os.cpu_count()} cores, flags: {flags}; kernels: {kernels.selected_isa()}; "
+        f"torch {torch.__version__}"
+    )
+
+
+def _fmt_ratio(r: float | None) -> str:
+    return "-" if r is None else f"{r:.2f}x"
+
+
 def ratio(ours: float | None, ref: float | None) -> float | None:
     if ours is None or ref is None or ref == 0:
         return None
     return ours / ref
 
 
+def llama_cpp_results(args, methods: list[str]) -> dict[str, dict]:
+    """llama-bench on the same decoder: bf16, and Q8_0 / Q4_0 for our int8 / int4."""
+    from pathlib import Path
+
+    from . import llama_cpp
+
+    bench = llama_cpp.find_tool("llama-bench", args.llama_cpp)
+    quantize = llama_cpp.find_tool("llama-quantize", args.llama_cpp)
+    if bench is None or quantize is None:
+        raise RuntimeError("llama.cpp's llama-bench / llama-quantize not found: see --llama-cpp")
+    model = Path(args.model)
+    folder = Path(args.gguf_dir or Path(os.environ.get("TMPDIR", "/tmp")) / f"{model.name}-gguf")
+    folder.mkdir(parents=True, exist_ok=True)
+    bf16 = folder / "model-bf16.gguf"
+    if not bf16.exists():
+        print(f"writing {bf16} ...", file=sys.stderr, flush=True)
+        llama_cpp.write_gguf(model, bf16)
+    threads = torch.get_num_threads()
+    files = {"llama.cpp bf16": bf16}
+    for method, qtype in (("int8", "q8_0"), ("int4", "q4_0")):
+        if method in methods:
+            out = folder / f"model-{qtype}.gguf"
+            if not out.exists():
+                print(f"quantizing {out} ...", file=sys.stderr, flush=True)
+                llama_cpp.quantize(quantize, bf16, out, qtype, threads)
+            files[f"llama.cpp {qtype}"] = out
+    results = {}
+    for label, path in files.items():
+        print(f"running {label} ...", file=sys.stderr, flush=True)
+        results[label] = llama_cpp.bench(
+            bench,
+            path,
+            threads=threads,
+            prompt=args.prompt_tokens,
+            gen=args.decode_tokens,
+            reps=max(1, args.repeats),
+        )
+    return results
+
+
 def run_bench(args) -> int:
+    methods = [m for m in (args.quantize or "").split(",") if m]
+    peers = [c for c in (args.compare or "").split(",") if c]
+    unknown = [m for m in methods if m not in ("int8", "int4")]
+    unknown += [c for c in peers if c not in ("transformers", "llama.cpp")]
+    if unknown:
+        raise ValueError(f"unknown --quantize / --compare value(s): {', '.join(unknown)}")
     results = {"ours": worker("ours", args)}
-    if args.quantize:
-        results["ours_int8"] = worker("ours", args, args.quantize)
-    if args.compare:
+    for method in methods:
+        results[f"ours_{method}"] = worker("ours", args, method)
+    if "transformers" in peers:
         results["transformers"] = worker("transformers", args)
+    if "llama.cpp" in peers:
+        results.update(llama_cpp_results(args, methods))
     bandwidth = memory_bandwidth_gbs()
 
     columns = list(results)
@@ -106,9 +208,34 @@ def run_bench(args) -> int:
                 line += f"{r:>15.2f}x" if r is not None else f"{'-':>16}"
         print(line)
 
+    peer_ratios = {}
+    for ours, peer in (
+        ("ours", "llama.cpp bf16"),
+        ("ours_int8", "llama.cpp q8_0"),
+        ("ours_int4", "llama.cpp q4_0"),
+    ):
+        if ours in results and peer in results:
+            for key in ("decode_tok_s", "prefill_tok_s"):
+                r = ratio(results[ours].get(key), results[peer].get(key))
+                peer_ratios.setdefault(f"{ours} / {peer}", {})[key] = r
+            shown = peer_ratios[f"{ours} / {peer}"]
+            print(
+                f"{ours} / {peer}: decode {_fmt_ratio(shown['decode_tok_s'])}, "
+                f"{args.prompt_tokens}-token prefill {_fmt_ratio(shown['prefill_tok_s'])}"
+            )
+
+    # bytes read per decoded token: each peer reads what our run of the same precision reads
+    same_bytes = {
+        "transformers": "ours",
+        "llama.cpp bf16": "ours",
+        "llama.cpp q8_0": "ours_int8",
+        "llama.cpp q4_0": "ours_int4",
+    }
     roofline = {}
     for c in columns:
         per_token = results[c].get("weight_bytes_per_token")
+        if per_token is None and same_bytes.get(c) in results:
+            per_token = results[same_bytes[c]].get("weight_bytes_per_token")
         if per_token and results[c].get("decode_tok_s"):
             limit = bandwidth * 1e9 / per_token
             roofline[c] = {
@@ -125,8 +252,7 @@ def run_bench(args) -> int:
         from .quality import TOKENS, measure_quality
 
         variants = [("bfloat16", "bfloat16", None)]
-        if args.quantize:
-            variants.append(("int8", "bfloat16", args.quantize))
+        variants += [(method, "bfloat16", method) for method in methods]
         quality = measure_quality(args.model, variants)
         for label, q in quality.items():
             print(
@@ -134,13 +260,14 @@ def run_bench(args) -> int:
                 f"(min {q['logits_cosine_min']:.5f}), first token {q['first_token_agreement']:.0%}, "
                 f"greedy tokens identical {q['greedy_leading_agreement']:.0%} of {TOKENS}"
             )
-    machine = f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}"
+    machine = describe_machine()
     print(f"machine: {machine}; dtype {args.dtype}; lower-is-better rows: TTFT and RSS")
     print(
         json.dumps(
             {
                 "results": results,
                 "ratios_vs_transformers": ratios,
+                "ratios_vs_llama_cpp": peer_ratios,
                 "memory_bandwidth_gbs": bandwidth,
                 "roofline": roofline,
                 "quality_vs_float32": quality,

@@ -40,6 +40,18 @@ class Ours:
         self.llm.chat(W.voice_chat(3), self.params(1))
         return time.perf_counter() - start
 
+    def prefill(self, num_tokens: int) -> float:
+        """Seconds to the first token of a text-only prompt of `num_tokens` ids (the workload
+        llama-bench's `-p` measures): no audio, no prefix-cache hit."""
+        from qwen_audio.prompt import RenderedPrompt
+
+        vocab = self.llm.tokenizer.vocab_size
+        ids = [100 + (i * 7919) % max(1, vocab - 200) for i in range(num_tokens)]
+        prompt = RenderedPrompt(ids, [], [], None, 0)
+        start = time.perf_counter()
+        self.llm._run([prompt], self.params(1), False)
+        return time.perf_counter() - start
+
     def weight_bytes_per_token(self) -> int:
         """Bytes of decoder weights read to produce one token (all layers and the head)."""
         lm = self.llm.model.language_model
@@ -121,22 +133,33 @@ def timed(fn, *args) -> float:
     return time.perf_counter() - start
 
 
-def run_all(runner, workloads: list[str], seed: int = 0) -> dict:
+def run_all(
+    runner,
+    workloads: list[str],
+    seed: int = 0,
+    *,
+    repeats: int = 3,
+    decode_tokens: int = W.DECODE_TOKENS,
+    prompt_tokens: int = 800,
+) -> dict:
     out: dict = {}
     runner.run([[W.question_turn(W.clip(2.0, 999))]], 4)  # warm-up, not timed
     if "ttft_5s" in workloads:
         out["ttft_5s"] = min(
-            timed(runner.run, [[W.question_turn(W.clip(5.0, seed + i))]], 1) for i in range(3)
+            timed(runner.run, [[W.question_turn(W.clip(5.0, seed + i))]], 1) for i in range(repeats)
         )
     if "ttft_30s" in workloads:
         out["ttft_30s"] = min(
-            timed(runner.run, [[W.question_turn(W.clip(30.0, seed + 10 + i))]], 1) for i in range(2)
+            timed(runner.run, [[W.question_turn(W.clip(30.0, seed + 10 + i))]], 1)
+            for i in range(max(1, repeats - 1))
         )
     if "decode" in workloads:
         conv = [[W.question_turn(W.clip(5.0, seed + 20))]]
         first = timed(runner.run, conv, 1)
-        full = timed(runner.run, [[W.question_turn(W.clip(5.0, seed + 21))]], W.DECODE_TOKENS)
-        out["decode_tok_s"] = (W.DECODE_TOKENS - 1) / max(full - first, 1e-9)
+        full = timed(runner.run, [[W.question_turn(W.clip(5.0, seed + 21))]], decode_tokens)
+        out["decode_tok_s"] = (decode_tokens - 1) / max(full - first, 1e-9)
+    if "prefill" in workloads and hasattr(runner, "prefill"):
+        out["prefill_tok_s"] = prompt_tokens / runner.prefill(prompt_tokens)
     if "throughput" in workloads:
         convs = [
             [W.question_turn(W.clip(s, seed + 100 + i))]
@@ -158,15 +181,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--quantize", default=None)
     p.add_argument("--workloads", default="ttft_5s,ttft_30s,decode,throughput,third_turn")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--decode-tokens", type=int, default=W.DECODE_TOKENS)
+    p.add_argument("--prompt-tokens", type=int, default=800)
     args = p.parse_args(argv)
     workloads = args.workloads.split(",")
     if args.framework == "ours":
         runner = Ours(args.model, args.dtype, args.device, args.quantize)
     else:
         runner = Reference(args.model, args.dtype, args.device)
-    result = run_all(runner, workloads)
+    result = run_all(
+        runner,
+        workloads,
+        repeats=args.repeats,
+        decode_tokens=args.decode_tokens,
+        prompt_tokens=args.prompt_tokens,
+    )
     if args.framework == "ours":
         result["weight_bytes_per_token"] = runner.weight_bytes_per_token()
+        result["precision"] = runner.llm.checkpoint.precision.describe()
+        result["kernels"] = runner.llm.checkpoint.kernels
     print(json.dumps(result))
     return 0
 

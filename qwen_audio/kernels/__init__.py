@@ -32,7 +32,7 @@ ISA_IDS = {"none": 0, "avx2": 1, "avx512": 2, "avx512_bf16": 3, "neon": 4}
 ISA_ORDER = ["none", "avx2", "avx512", "avx512_bf16"]  # x86-64, lowest first
 FORMAT_IDS = {"bf16": 0, "fp16": 1, "int8": 2, "int4": 3}
 _DIR = Path(__file__).parent
-_SOURCES = [_DIR / "cpu_kernels.cpp", _DIR / "simd_body.h"]
+_SOURCE = _DIR / "cpu_kernels.cpp"
 _module = None
 _tried = False
 
@@ -90,8 +90,12 @@ def usable_isas() -> list[str]:
     return ISA_ORDER[1 : ISA_ORDER.index(best) + 1]
 
 
-def _body_hash() -> str:
-    return hashlib.sha1(_SOURCES[1].read_bytes()).hexdigest()[:12]
+def _headers_hash() -> str:
+    """torch rebuilds when the .cpp or the flags change; the headers' hash goes into the flags."""
+    digest = hashlib.sha1()
+    for header in sorted(_DIR.glob("*.h")):
+        digest.update(header.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def load_kernels():
@@ -124,11 +128,10 @@ def load_kernels():
     try:
         _module = load(
             name="qwen_audio_cpu_kernels",
-            sources=[str(_SOURCES[0])],
-            # the header's hash in the flags: torch rebuilds when sources or flags change
+            sources=[str(_SOURCE)],
             # -fopenmp: at::parallel_for is an OpenMP pragma in a header, serial without it; the
             # runtime resolves to the libgomp.so.1 that torch has already loaded
-            extra_cflags=["-O3", "-fopenmp", f"-DQWEN_AUDIO_BODY={_body_hash()}"],
+            extra_cflags=["-O3", "-fopenmp", f"-DQWEN_AUDIO_HEADERS={_headers_hash()}"],
             extra_ldflags=["-fopenmp"],
             extra_include_paths=[str(_DIR)],
             build_directory=str(build),

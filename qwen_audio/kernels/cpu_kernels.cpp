@@ -13,14 +13,15 @@
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
+#include "common.h"
+
 namespace {
 
-constexpr int kGroup = 32;  // weights per scale in q8/q4; K must be a multiple of it
-constexpr int kMaxInputRows = 16;
-enum Format { kBf16 = 0, kFp16 = 1, kQ8 = 2, kQ4 = 3 };
 enum Isa { kNone = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3, kNeon = 4 };
 
 using GemvFn = void (*)(int, const void*, const uint16_t*, const float*, int64_t, int64_t, float*,
@@ -36,96 +37,132 @@ using DequantFn = void (*)(int, const void*, const uint16_t*, int64_t, int64_t, 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
 namespace avx2 {
-struct V {
-  static constexpr int W = 8;
-  static constexpr int kMaxRows = 4;  // 16 ymm registers: 4 rows x 2 chains + 4 weights + x
-  using F = __m256;
-  static inline F zero() { return _mm256_setzero_ps(); }
-  static inline F load(const float* p) { return _mm256_loadu_ps(p); }
-  static inline void store(float* p, F v) { _mm256_storeu_ps(p, v); }
-  static inline F set1(float v) { return _mm256_set1_ps(v); }
-  static inline F fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
-  static inline F mul(F a, F b) { return _mm256_mul_ps(a, b); }
-  static inline F add(F a, F b) { return _mm256_add_ps(a, b); }
-  static inline float hsum(F v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_hadd_ps(s, s);
-    return _mm_cvtss_f32(_mm_hadd_ps(s, s));
-  }
-  static inline float half(uint16_t h) { return _cvtsh_ss(h); }
-  static inline F bf16(const uint16_t* p) {  // bf16 is the top half of a float32
-    const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
-  }
-  static inline F fp16(const uint16_t* p) {
-    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p));
-  }
-  static inline F from_bytes(__m128i b) {  // the low 8 signed bytes -> 8 floats
-    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
-  }
-  static inline void q8(const int8_t* p, F out[4]) {
-    const __m128i a = _mm_loadu_si128((const __m128i*)p);
-    const __m128i b = _mm_loadu_si128((const __m128i*)(p + 16));
-    out[0] = from_bytes(a);
-    out[1] = from_bytes(_mm_srli_si128(a, 8));
-    out[2] = from_bytes(b);
-    out[3] = from_bytes(_mm_srli_si128(b, 8));
-  }
-  static inline void q4(const uint8_t* p, F out[4]) {
-    const __m128i b = _mm_loadu_si128((const __m128i*)p);
-    const __m128i mask = _mm_set1_epi8(0x0F), eight = _mm_set1_epi8(8);
-    const __m128i lo = _mm_sub_epi8(_mm_and_si128(b, mask), eight);  // weights 0..15
-    const __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(b, 4), mask), eight);  // 16..31
-    out[0] = from_bytes(lo);
-    out[1] = from_bytes(_mm_srli_si128(lo, 8));
-    out[2] = from_bytes(hi);
-    out[3] = from_bytes(_mm_srli_si128(hi, 8));
-  }
-};
+#include "isa_avx2.h"
 #define KMAXROWS 4
 #include "simd_body.h"
 #undef KMAXROWS
+void gemv(int format, const void* w, const uint16_t* s, const float* x, int64_t M, int64_t K,
+          float* y, int64_t N, int64_t n0, int64_t n1) {
+  gemv_float(format, w, s, x, M, K, y, N, n0, n1);
+}
+
+// int8/int4 weights times int8-quantized inputs, as llama.cpp does on AVX2: the inputs are
+// rounded to int8 once per call (one scale per group of 32), and `vpmaddubsw` multiplies 32
+// byte pairs per instruction, half the work of widening every weight to float32.
+struct QuantizedRows {
+  const int8_t* q;   // (M, K) inputs as int8
+  const float* d;    // (M, K/32) their scales
+  const float* off;  // (M, K/32) 8 * scale * sum of the group's q: the int4 zero point's share
+};
+
+void quantize_inputs(const float* x, int64_t M, int64_t K, int8_t* q, float* d, float* off) {
+  const int64_t groups = K / kGroup;
+  for (int64_t m = 0; m < M; m++) {
+    for (int64_t g = 0; g < groups; g++) {
+      const float* xg = x + m * K + g * kGroup;
+      float amax = 0.0f;
+      for (int j = 0; j < kGroup; j++) amax = std::max(amax, std::fabs(xg[j]));
+      const float scale = amax / 127.0f;
+      const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+      int sum = 0;
+      int8_t* qg = q + m * K + g * kGroup;
+      for (int j = 0; j < kGroup; j++) {
+        const int v = static_cast<int>(std::nearbyint(xg[j] * inv));
+        qg[j] = static_cast<int8_t>(v);
+        sum += v;
+      }
+      d[m * groups + g] = scale;
+      off[m * groups + g] = 8.0f * scale * static_cast<float>(sum);
+    }
+  }
+}
+
+inline __m256 dot_u8_s8(__m256i u, __m256i s) {  // 32 byte products -> 8 float partial sums
+  const __m256i pairs = _mm256_maddubs_epi16(u, s);  // <= 2 * 127 * 127: never saturates
+  return _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+}
+
+inline __m256i q4_nibbles(const uint8_t* p) {  // 16 bytes -> 32 unsigned nibbles in order
+  const __m128i b = _mm_loadu_si128((const __m128i*)p);
+  const __m128i mask = _mm_set1_epi8(0x0F);
+  return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(b, 4), mask), _mm_and_si128(b, mask));
+}
+
+// Two accumulators per row (even and odd groups), whatever MR is: batched == single.
+template <bool kQ4Format, int MR>
+void int_rows(const uint8_t* w, const uint16_t* s, const QuantizedRows& x, int64_t K, float* y,
+              int64_t N, int64_t n0, int64_t n1) {
+  const int64_t groups = K / kGroup;
+  const int64_t row_bytes = kQ4Format ? K / 2 : K;
+  for (int64_t n = n0; n < n1; n++) {
+    __m256 acc[MR][2];
+    float zero_point[MR];
+    for (int m = 0; m < MR; m++) {
+      acc[m][0] = acc[m][1] = _mm256_setzero_ps();
+      zero_point[m] = 0.0f;
+    }
+    const uint8_t* row = w + n * row_bytes;
+    const uint16_t* scales = s + n * groups;
+    for (int64_t g = 0; g < groups; g++) {
+      const float dw = _cvtsh_ss(scales[g]);
+      __m256i u, wsigned;
+      if constexpr (kQ4Format) {
+        u = q4_nibbles(row + g * (kGroup / 2));
+      } else {
+        wsigned = _mm256_loadu_si256((const __m256i*)(row + g * kGroup));
+        u = _mm256_sign_epi8(wsigned, wsigned);  // |w|; the sign moves onto the inputs
+      }
+      for (int m = 0; m < MR; m++) {
+        __m256i xv = _mm256_loadu_si256((const __m256i*)(x.q + m * K + g * kGroup));
+        if constexpr (!kQ4Format) xv = _mm256_sign_epi8(xv, wsigned);
+        const __m256 scale = _mm256_set1_ps(dw * x.d[m * groups + g]);
+        acc[m][g & 1] = _mm256_fmadd_ps(dot_u8_s8(u, xv), scale, acc[m][g & 1]);
+        if constexpr (kQ4Format) zero_point[m] += dw * x.off[m * groups + g];
+      }
+    }
+    for (int m = 0; m < MR; m++) {
+      y[m * N + n] = V::hsum(_mm256_add_ps(acc[m][0], acc[m][1])) - zero_point[m];
+    }
+  }
+}
+
+template <bool kQ4Format>
+void int_gemv(const uint8_t* w, const uint16_t* s, const QuantizedRows& x, int64_t M, int64_t K,
+              float* y, int64_t N, int64_t n0, int64_t n1) {
+  const int64_t groups = K / kGroup;
+  for (int64_t m0 = 0; m0 < M; m0 += V::kMaxRows) {
+    const int64_t mr = M - m0 < V::kMaxRows ? M - m0 : V::kMaxRows;
+    const QuantizedRows xm{x.q + m0 * K, x.d + m0 * groups, x.off + m0 * groups};
+    float* ym = y + m0 * N;
+    switch (mr) {
+      case 1: int_rows<kQ4Format, 1>(w, s, xm, K, ym, N, n0, n1); break;
+      case 2: int_rows<kQ4Format, 2>(w, s, xm, K, ym, N, n0, n1); break;
+      case 3: int_rows<kQ4Format, 3>(w, s, xm, K, ym, N, n0, n1); break;
+      default: int_rows<kQ4Format, 4>(w, s, xm, K, ym, N, n0, n1); break;
+    }
+  }
+}
+
+void gemv_quantized_inputs(int format, const void* w, const uint16_t* s, const QuantizedRows& x,
+                           int64_t M, int64_t K, float* y, int64_t N, int64_t n0, int64_t n1) {
+  const auto* bytes = static_cast<const uint8_t*>(w);
+  if (format == kQ4) return int_gemv<true>(bytes, s, x, M, K, y, N, n0, n1);
+  int_gemv<false>(bytes, s, x, M, K, y, N, n0, n1);
+}
 }  // namespace avx2
 #pragma GCC pop_options
 
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
 namespace avx512 {
-struct V {
-  static constexpr int W = 16;
-  static constexpr int kMaxRows = 8;  // 32 zmm registers
-  using F = __m512;
-  static inline F zero() { return _mm512_setzero_ps(); }
-  static inline F load(const float* p) { return _mm512_loadu_ps(p); }
-  static inline void store(float* p, F v) { _mm512_storeu_ps(p, v); }
-  static inline F set1(float v) { return _mm512_set1_ps(v); }
-  static inline F fma(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
-  static inline F mul(F a, F b) { return _mm512_mul_ps(a, b); }
-  static inline F add(F a, F b) { return _mm512_add_ps(a, b); }
-  static inline float hsum(F v) { return _mm512_reduce_add_ps(v); }
-  static inline float half(uint16_t h) { return _cvtsh_ss(h); }
-  static inline F bf16(const uint16_t* p) {
-    const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
-  }
-  static inline F fp16(const uint16_t* p) {
-    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p));
-  }
-  static inline F from_bytes(__m128i b) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)); }
-  static inline void q8(const int8_t* p, F out[2]) {
-    out[0] = from_bytes(_mm_loadu_si128((const __m128i*)p));
-    out[1] = from_bytes(_mm_loadu_si128((const __m128i*)(p + 16)));
-  }
-  static inline void q4(const uint8_t* p, F out[2]) {
-    const __m128i b = _mm_loadu_si128((const __m128i*)p);
-    const __m128i mask = _mm_set1_epi8(0x0F), eight = _mm_set1_epi8(8);
-    out[0] = from_bytes(_mm_sub_epi8(_mm_and_si128(b, mask), eight));
-    out[1] = from_bytes(_mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(b, 4), mask), eight));
-  }
-};
+#include "isa_avx512.h"
 #define KMAXROWS 8
 #include "simd_body.h"
 #undef KMAXROWS
+void gemv(int format, const void* w, const uint16_t* s, const float* x, int64_t M, int64_t K,
+          float* y, int64_t N, int64_t n0, int64_t n1) {
+  gemv_float(format, w, s, x, M, K, y, N, n0, n1);
+}
 }  // namespace avx512
 #pragma GCC pop_options
 
@@ -173,50 +210,14 @@ void dispatch(int rows, const uint16_t* x, const uint16_t* w, uint16_t* y, int64
 #if defined(__aarch64__)
 #include <arm_neon.h>
 namespace neon {
-struct V {
-  static constexpr int W = 4;
-  static constexpr int kMaxRows = 4;
-  using F = float32x4_t;
-  static inline F zero() { return vdupq_n_f32(0.0f); }
-  static inline F load(const float* p) { return vld1q_f32(p); }
-  static inline void store(float* p, F v) { vst1q_f32(p, v); }
-  static inline F set1(float v) { return vdupq_n_f32(v); }
-  static inline F fma(F a, F b, F c) { return vfmaq_f32(c, a, b); }
-  static inline F mul(F a, F b) { return vmulq_f32(a, b); }
-  static inline F add(F a, F b) { return vaddq_f32(a, b); }
-  static inline float hsum(F v) { return vaddvq_f32(v); }
-  static inline float half(uint16_t h) {
-    __fp16 v;
-    std::memcpy(&v, &h, sizeof(v));
-    return static_cast<float>(v);
-  }
-  static inline F bf16(const uint16_t* p) {
-    return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(p), 16));
-  }
-  static inline F fp16(const uint16_t* p) {
-    return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p)));
-  }
-  static inline void from_bytes(int8x16_t b, F out[4]) {  // 16 signed bytes -> 16 floats
-    const int16x8_t lo = vmovl_s8(vget_low_s8(b)), hi = vmovl_s8(vget_high_s8(b));
-    out[0] = vcvtq_f32_s32(vmovl_s16(vget_low_s16(lo)));
-    out[1] = vcvtq_f32_s32(vmovl_s16(vget_high_s16(lo)));
-    out[2] = vcvtq_f32_s32(vmovl_s16(vget_low_s16(hi)));
-    out[3] = vcvtq_f32_s32(vmovl_s16(vget_high_s16(hi)));
-  }
-  static inline void q8(const int8_t* p, F out[8]) {
-    from_bytes(vld1q_s8(p), out);
-    from_bytes(vld1q_s8(p + 16), out + 4);
-  }
-  static inline void q4(const uint8_t* p, F out[8]) {
-    const uint8x16_t b = vld1q_u8(p);
-    const int8x16_t eight = vdupq_n_s8(8);
-    from_bytes(vsubq_s8(vreinterpretq_s8_u8(vandq_u8(b, vdupq_n_u8(0x0F))), eight), out);
-    from_bytes(vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(b, 4)), eight), out + 4);
-  }
-};
+#include "isa_neon.h"
 #define KMAXROWS 4
 #include "simd_body.h"
 #undef KMAXROWS
+void gemv(int format, const void* w, const uint16_t* s, const float* x, int64_t M, int64_t K,
+          float* y, int64_t N, int64_t n0, int64_t n1) {
+  gemv_float(format, w, s, x, M, K, y, N, n0, n1);
+}
 }  // namespace neon
 #endif  // aarch64
 
@@ -282,6 +283,21 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch
   const uint16_t* sp = scales_ptr(s, format);
   const float* xp = xc.data_ptr<float>();
   float* yp = y.data_ptr<float>();
+#if defined(QWEN_AUDIO_X86)
+  if (isa == kAvx2 && (format == kQ8 || format == kQ4)) {
+    auto xq = torch::empty({M, K}, torch::dtype(torch::kChar));
+    auto d = torch::empty({M, K / kGroup}, xc.options());
+    auto off = torch::empty({M, K / kGroup}, xc.options());
+    avx2::quantize_inputs(xp, M, K, xq.data_ptr<int8_t>(), d.data_ptr<float>(),
+                          off.data_ptr<float>());
+    const avx2::QuantizedRows rows{xq.data_ptr<int8_t>(), d.data_ptr<float>(),
+                                   off.data_ptr<float>()};
+    at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
+      avx2::gemv_quantized_inputs(static_cast<int>(format), wp, sp, rows, M, K, yp, N, n0, n1);
+    });
+    return y;
+  }
+#endif
   // Small grains keep both cores busy on narrow matrices; each grain is >= 16 KB of weights.
   at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
     k.gemv(static_cast<int>(format), wp, sp, xp, M, K, yp, N, n0, n1);

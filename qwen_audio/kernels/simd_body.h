@@ -54,11 +54,12 @@ struct Q4Rows {
 };
 
 // y[m * ldy + n] = sum_k x[m * ldx + k] * w[n, k] for MR rows m and the outputs n in [n0, n1).
-// Independent accumulator chains per row hide the FMA latency: one row needs several.
+// Two accumulator chains per row hide the FMA latency. Their number does not depend on MR, so
+// a row's sums come out bit-identical whatever else is in the batch (batched == single).
 template <class Rows, int MR>
 void rows_times_weights(const Rows& rows, const float* x, int64_t ldx, float* y, int64_t ldy,
                         int64_t K, int64_t n0, int64_t n1) {
-  constexpr int kChains = MR == 1 ? (kVecs < 4 ? kVecs : 4) : (kVecs < 2 ? kVecs : 2);
+  constexpr int kChains = kVecs < 2 ? kVecs : 2;
   const int64_t groups = K / kGroup;
   for (int64_t n = n0; n < n1; n++) {
     V::F acc[MR][kChains];
@@ -127,7 +128,7 @@ void dequantize_rows(const Rows& rows, int64_t K, int64_t n0, int64_t n1, float*
 }
 
 // The entry points of this instruction set (the dispatcher splits [0, N) across threads).
-void gemv(int format, const void* w, const uint16_t* s, const float* x, int64_t M, int64_t K,
+void gemv_float(int format, const void* w, const uint16_t* s, const float* x, int64_t M, int64_t K,
           float* y, int64_t N, int64_t n0, int64_t n1) {
   switch (format) {
     case kBf16: gemv_rows(Bf16Rows{static_cast<const uint16_t*>(w), K}, x, M, K, y, N, n0, n1); break;

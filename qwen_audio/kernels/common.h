@@ -1,0 +1,9 @@
+// Constants shared by the kernels (cpu_kernels.cpp) and the standalone ARM check
+// (tests/kernels/neon_check.cpp): the weight formats and their group size.
+#pragma once
+
+#include <cstdint>
+
+constexpr int kGroup = 32;  // weights per scale in q8/q4; K must be a multiple of it
+constexpr int kMaxInputRows = 16;
+enum Format { kBf16 = 0, kFp16 = 1, kQ8 = 2, kQ4 = 3 };

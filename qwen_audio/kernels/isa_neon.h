@@ -1,0 +1,43 @@
+// Included by cpu_kernels.cpp inside namespace neon under its target options: the vector
+// interface simd_body.h is written against (4 floats a register, ARMv8 Advanced SIMD).
+struct V {
+  static constexpr int W = 4;
+  static constexpr int kMaxRows = 4;
+  using F = float32x4_t;
+  static inline F zero() { return vdupq_n_f32(0.0f); }
+  static inline F load(const float* p) { return vld1q_f32(p); }
+  static inline void store(float* p, F v) { vst1q_f32(p, v); }
+  static inline F set1(float v) { return vdupq_n_f32(v); }
+  static inline F fma(F a, F b, F c) { return vfmaq_f32(c, a, b); }
+  static inline F mul(F a, F b) { return vmulq_f32(a, b); }
+  static inline F add(F a, F b) { return vaddq_f32(a, b); }
+  static inline float hsum(F v) { return vaddvq_f32(v); }
+  static inline float half(uint16_t h) {
+    __fp16 v;
+    std::memcpy(&v, &h, sizeof(v));
+    return static_cast<float>(v);
+  }
+  static inline F bf16(const uint16_t* p) {
+    return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(p), 16));
+  }
+  static inline F fp16(const uint16_t* p) {
+    return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p)));
+  }
+  static inline void from_bytes(int8x16_t b, F out[4]) {  // 16 signed bytes -> 16 floats
+    const int16x8_t lo = vmovl_s8(vget_low_s8(b)), hi = vmovl_s8(vget_high_s8(b));
+    out[0] = vcvtq_f32_s32(vmovl_s16(vget_low_s16(lo)));
+    out[1] = vcvtq_f32_s32(vmovl_s16(vget_high_s16(lo)));
+    out[2] = vcvtq_f32_s32(vmovl_s16(vget_low_s16(hi)));
+    out[3] = vcvtq_f32_s32(vmovl_s16(vget_high_s16(hi)));
+  }
+  static inline void q8(const int8_t* p, F out[8]) {
+    from_bytes(vld1q_s8(p), out);
+    from_bytes(vld1q_s8(p + 16), out + 4);
+  }
+  static inline void q4(const uint8_t* p, F out[8]) {
+    const uint8x16_t b = vld1q_u8(p);
+    const int8x16_t eight = vdupq_n_s8(8);
+    from_bytes(vsubq_s8(vreinterpretq_s8_u8(vandq_u8(b, vdupq_n_u8(0x0F))), eight), out);
+    from_bytes(vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(b, 4)), eight), out + 4);
+  }
+};
