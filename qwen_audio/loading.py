@@ -123,6 +123,12 @@ def load_checkpoint(
             f"{path} is quantized: merge the adapter into the unquantized checkpoint first "
             "(qwen-audio export --merge), then quantize"
         )
+    # Quantize while reading, one weight at a time, unless an adapter must be merged first.
+    quantize_now = {}
+    if plan.quantize is not None and not packed_layout and adapter is None and dev.type == "cpu":
+        with torch.device("meta"):
+            layout = linear_formats(Qwen2AudioForConditionalGeneration(config), plan)
+        quantize_now = {n: f for n, f in layout.items() if f in prec.QUANTIZE_METHODS}
     net = load_model(
         path,
         config,
@@ -130,11 +136,12 @@ def load_checkpoint(
         device=dev,
         compute_dtype=plan.compute,
         packed=packed_layout,
+        quantize=quantize_now,
     )
     if adapter is not None:
         _merge(net, adapter)
     if plan.packed and not packed_layout:
-        pack_model(net, plan)
+        pack_model(net, plan)  # the rest: 16-bit weights wrapped as they are, no copy
     isa = attach_kernels(net) if dev.type == "cpu" else None
     if dev.type == "cpu":
         log.info("loaded %s: %s; CPU kernels: %s", path.name, plan.describe(), isa or "none")
@@ -172,7 +179,9 @@ def pack_model(model: nn.Module, plan: prec.Precision) -> None:
     replace_linears(
         model,
         lambda name, m: (
-            PackedLinear.from_linear(m, formats[name], plan.compute) if name in formats else None
+            PackedLinear.from_linear(m, formats[name], plan.compute)
+            if name in formats and type(m) is nn.Linear
+            else None
         ),
     )
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from qwen_audio import LLM, SamplingParams
+from qwen_audio import kernels as K
 from qwen_audio.loading import load_checkpoint, save_quantized
 from qwen_audio.model import quant
 from qwen_audio.model.kv_cache import AttentionBatch
@@ -108,3 +109,33 @@ def test_saved_quantized_checkpoint_loads_as_written(checkpoints, tmp_path, meth
     assert tokens[0] == tokens[1]
     with pytest.raises(Exception, match="already quantized"):
         load_checkpoint(out, quantize="int8" if method == "int4" else "int4")
+
+
+@pytest.mark.skipif(K.load_kernels() is None, reason="kernels unavailable on this machine")
+@pytest.mark.parametrize("method", ["int8", "int4"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_compiled_quantizer_gives_the_reference_bytes(method, dtype):
+    torch.manual_seed(1)
+    w = (torch.randn(70, 320) * 0.04).to(dtype)
+    w[5, 32:64] = 0.0
+    w[6, :32] = torch.tensor([0.5, -0.5] * 16, dtype=dtype)  # a tie in magnitude: first wins
+    q_ref, s_ref = quant.quantize(method, w)
+    q, s = K.load_kernels().quantize(w, K.FORMAT_IDS[method])
+    assert torch.equal(q, q_ref) and torch.equal(s, s_ref)
+
+
+def test_quantizing_after_loading_equals_quantizing_while_reading(checkpoints):
+    """With an adapter to merge, the weights are quantized after loading (pack_model); without,
+    while reading. Both give the same bytes."""
+    from qwen_audio import precision
+    from qwen_audio.loading import pack_model
+
+    path = checkpoints("mha", init_std=0.02)
+    read = load_checkpoint(path, quantize="int4")
+    plain = load_checkpoint(path, for_training=True)
+    pack_model(plain.model, read.precision)
+    a, b = read.model.state_dict(), plain.model.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key].to(a[key].dtype)), key
+    assert read.precision == precision.Precision(torch.float32, torch.float32, "int4")

@@ -58,6 +58,13 @@ def add_bench_subcommand(sub) -> None:
     p.add_argument("--llama-cpp", default=None, help="folder with llama-bench and llama-quantize")
     p.add_argument("--gguf-dir", default=None, help="where the GGUF files go (reused if there)")
     p.add_argument(
+        "--llama-cpp-formats",
+        default="bf16,q8_0,q4_0",
+        help="llama.cpp files to run (q8_0 / q4_0 only next to our int8 / int4)",
+    )
+    p.add_argument("--quality-prompts", type=int, default=6, help="prompts of --quality")
+    p.add_argument("--quality-tokens", type=int, default=32, help="greedy tokens of --quality")
+    p.add_argument(
         "--quality",
         action="store_true",
         help="also measure bf16 (and int8) against float32: logits cosine, greedy agreement",
@@ -150,9 +157,10 @@ def llama_cpp_results(args, methods: list[str]) -> dict[str, dict]:
         print(f"writing {bf16} ...", file=sys.stderr, flush=True)
         llama_cpp.write_gguf(model, bf16)
     threads = torch.get_num_threads()
-    files = {"llama.cpp bf16": bf16}
+    wanted = args.llama_cpp_formats.split(",")
+    files = {"llama.cpp bf16": bf16} if "bf16" in wanted else {}
     for method, qtype in (("int8", "q8_0"), ("int4", "q4_0")):
-        if method in methods:
+        if method in methods and qtype in wanted:
             out = folder / f"model-{qtype}.gguf"
             if not out.exists():
                 print(f"quantizing {out} ...", file=sys.stderr, flush=True)
@@ -249,16 +257,18 @@ def run_bench(args) -> int:
             )
     quality = {}
     if args.quality:
-        from .quality import TOKENS, measure_quality
+        from .quality import measure_quality
 
         variants = [("bfloat16", "bfloat16", None)]
         variants += [(method, "bfloat16", method) for method in methods]
-        quality = measure_quality(args.model, variants)
+        quality = measure_quality(
+            args.model, variants, prompts=args.quality_prompts, tokens=args.quality_tokens
+        )
         for label, q in quality.items():
             print(
                 f"quality vs float32 ({label}): logits cosine mean {q['logits_cosine_mean']:.5f} "
                 f"(min {q['logits_cosine_min']:.5f}), first token {q['first_token_agreement']:.0%}, "
-                f"greedy tokens identical {q['greedy_leading_agreement']:.0%} of {TOKENS}"
+                f"greedy tokens identical {q['greedy_leading_agreement']:.0%} of {args.quality_tokens}"
             )
     machine = describe_machine()
     print(f"machine: {machine}; dtype {args.dtype}; lower-is-better rows: TTFT and RSS")

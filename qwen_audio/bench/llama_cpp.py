@@ -150,6 +150,6 @@ def bench(llama_bench: str, model: Path, *, threads: int, prompt: int, gen: int,
     rows = json.loads(out)
     result = {"file_bytes": model.stat().st_size}
     for row in rows:
-        key = "prompt_tok_s" if row.get("n_prompt", 0) > 0 else "decode_tok_s"
+        key = "prefill_tok_s" if row.get("n_prompt", 0) > 0 else "decode_tok_s"
         result[key] = float(row["avg_ts"])
     return result

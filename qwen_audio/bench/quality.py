@@ -20,12 +20,12 @@ PROMPTS = 6
 TOKENS = 32
 
 
-def _conversations() -> list[list[dict]]:
-    lengths = [2.0, 4.0, 7.0, 11.0, 17.0, 29.0][:PROMPTS]
+def _conversations(prompts: int = PROMPTS) -> list[list[dict]]:
+    lengths = [2.0, 4.0, 7.0, 11.0, 17.0, 29.0][:prompts]
     return [[W.question_turn(W.clip(s, 700 + i))] for i, s in enumerate(lengths)]
 
 
-def _run(llm: LLM, convs) -> tuple[list[torch.Tensor], list[list[int]]]:
+def _run(llm: LLM, convs, tokens_wanted: int) -> tuple[list[torch.Tensor], list[list[int]]]:
     logits = []
     with torch.inference_mode():
         for conv in convs:
@@ -37,7 +37,7 @@ def _run(llm: LLM, convs) -> tuple[list[torch.Tensor], list[list[int]]]:
             )
             hidden = llm.model(ids, torch.arange(len(ids)), AttentionBatch.single(len(ids)), emb)
             logits.append(llm.model.logits(hidden[-1:])[0].float())
-    params = SamplingParams(temperature=0.0, max_tokens=TOKENS, ignore_eos=True)
+    params = SamplingParams(temperature=0.0, max_tokens=tokens_wanted, ignore_eos=True)
     tokens = [o.token_ids for o in llm.chat(convs, params)]
     return logits, tokens
 
@@ -51,22 +51,29 @@ def _leading_agreement(a: list[int], b: list[int]) -> float:
     return same / max(len(a), 1)
 
 
-def measure_quality(model: str, variants: list[tuple[str, str, str | None]]) -> dict:
-    """variants: (label, dtype, quantize); float32 is the reference."""
-    convs = _conversations()
+def measure_quality(
+    model: str,
+    variants: list[tuple[str, str, str | None]],
+    *,
+    prompts: int = PROMPTS,
+    tokens: int = TOKENS,
+) -> dict:
+    """variants: (label, dtype, quantize); float32 math is the reference (on a 16-bit checkpoint
+    its weights stay 16-bit: widening them is exact)."""
+    convs = _conversations(prompts)
     ref = LLM(model, dtype="float32")
-    ref_logits, ref_tokens = _run(ref, convs)
+    ref_logits, ref_tokens = _run(ref, convs, tokens)
     del ref
     gc.collect()
     report = {}
     for label, dtype, quantize in variants:
         llm = LLM(model, dtype=dtype, quantize=quantize)
-        logits, tokens = _run(llm, convs)
+        logits, got = _run(llm, convs, tokens)
         cos = [
             torch.nn.functional.cosine_similarity(a, b, dim=0).item()
             for a, b in zip(logits, ref_logits)
         ]
-        agree = [_leading_agreement(t, r) for t, r in zip(tokens, ref_tokens)]
+        agree = [_leading_agreement(t, r) for t, r in zip(got, ref_tokens)]
         top1 = [int(a.argmax() == b.argmax()) for a, b in zip(logits, ref_logits)]
         report[label] = {
             "logits_cosine_mean": sum(cos) / len(cos),

@@ -41,6 +41,7 @@ def add_eval_subcommands(subparsers) -> None:
     run.add_argument("--max-tokens", type=int, default=256)
     run.add_argument("--device", help="cpu, cuda, cuda:1 (default: this rank's GPU, else cpu)")
     run.add_argument("--dtype", default="auto")
+    run.add_argument("--quantize", choices=["int8", "int4"], help="int8/int4 decoder weights")
     _add_generic_args(run)
     _add_judge_args(run)
     run.set_defaults(func=_run)
@@ -109,6 +110,7 @@ def _run(args) -> int:
             max_tokens=args.max_tokens,
             device=args.device,
             dtype=args.dtype,
+            quantize=args.quantize,
             metric=args.metric,
             language=args.language,
             judge=_judge_config(args),

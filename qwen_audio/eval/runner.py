@@ -162,6 +162,7 @@ def run_eval(
     max_tokens: int = MAX_TOKENS,
     device: str | None = None,
     dtype: str = "auto",
+    quantize: str | None = None,
     metric: str | None = None,
     language: str | None = None,
     judge=None,
@@ -206,7 +207,7 @@ def run_eval(
                                             max_tokens=max_tokens, concurrency=batch_size)  # fmt: skip
             else:
                 predictor = _load_llm(model, device=device, dtype=dtype, dist=dist,
-                                      max_tokens=max_tokens)  # fmt: skip
+                                      max_tokens=max_tokens, quantize=quantize)  # fmt: skip
             one = dist.world == 1
             predicted = _predict_shard(
                 predictor,
@@ -248,14 +249,15 @@ def _check_settings(out: Path, settings: dict) -> None:
     os.replace(tmp, path)
 
 
-def _load_llm(model: str, *, device, dtype, dist, max_tokens) -> LLMPredictor:
+def _load_llm(model: str, *, device, dtype, dist, max_tokens, quantize=None) -> LLMPredictor:
     import torch
 
     from qwen_audio import LLM
 
     if device is None:
         device = f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu"
-    return LLMPredictor(LLM(model, dtype=dtype, device=device), max_tokens=max_tokens)
+    llm = LLM(model, dtype=dtype, device=device, quantize=quantize)
+    return LLMPredictor(llm, max_tokens=max_tokens)
 
 
 def _progress_bar(desc: str, total: int, done: int, position: int, enabled: bool):

@@ -357,7 +357,75 @@ std::vector<int64_t> compiled_isas() {
   return isas;
 }
 
+namespace {
+
+// One row range of `quantize`: exactly model/quant.py's arithmetic (float32 division, round half
+// to even, the scale rounded to fp16 before it is used), so both give the same bytes.
+template <typename T>
+void quantize_rows(const T* w, int64_t K, int64_t n0, int64_t n1, bool int4, uint8_t* q,
+                   c10::Half* scales) {
+  const int64_t groups = K / kGroup;
+  float g[kGroup];
+  for (int64_t n = n0; n < n1; n++) {
+    for (int64_t gi = 0; gi < groups; gi++) {
+      const T* src = w + n * K + gi * kGroup;
+      float extreme = 0.0f, amax = 0.0f;
+      for (int j = 0; j < kGroup; j++) {
+        g[j] = static_cast<float>(src[j]);
+        if (std::fabs(g[j]) > amax) {  // strict: the first of equal magnitudes, as argmax
+          amax = std::fabs(g[j]);
+          extreme = g[j];
+        }
+      }
+      const c10::Half scale16(int4 ? extreme / -8.0f : amax / 127.0f);
+      const float scale = static_cast<float>(scale16);
+      scales[n * groups + gi] = scale16;
+      if (int4) {
+        uint8_t* row = q + n * (K / 2) + gi * (kGroup / 2);
+        int nib[kGroup];
+        for (int j = 0; j < kGroup; j++) {
+          const float v = scale != 0.0f ? std::nearbyint(g[j] / scale) + 8.0f : 8.0f;
+          nib[j] = static_cast<int>(std::min(15.0f, std::max(0.0f, v)));
+        }
+        for (int j = 0; j < kGroup / 2; j++) row[j] = static_cast<uint8_t>(nib[j] | (nib[j + 16] << 4));
+      } else {
+        auto* row = reinterpret_cast<int8_t*>(q) + n * K + gi * kGroup;
+        for (int j = 0; j < kGroup; j++) {
+          const float v = scale > 0.0f ? std::nearbyint(g[j] / scale) : 0.0f;
+          row[j] = static_cast<int8_t>(std::min(127.0f, std::max(-127.0f, v)));
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+// (N, K) float weight -> packed (int8 (N, K) or int4 (N, K/2)) and fp16 scales (N, K/32).
+std::vector<torch::Tensor> quantize(const torch::Tensor& w, int64_t format) {
+  TORCH_CHECK(format == kQ8 || format == kQ4, "quantize: format must be int8 or int4");
+  TORCH_CHECK(w.dim() == 2 && w.size(1) % kGroup == 0, "quantize: (N, K) with K % 32 == 0");
+  const auto wc = w.contiguous();
+  const int64_t N = wc.size(0), K = wc.size(1);
+  const bool int4 = format == kQ4;
+  auto q = torch::empty({N, int4 ? K / 2 : K}, torch::dtype(int4 ? torch::kByte : torch::kChar));
+  auto scales = torch::empty({N, K / kGroup}, torch::dtype(torch::kHalf));
+  auto* qp = reinterpret_cast<uint8_t*>(q.data_ptr());
+  auto* sp = scales.data_ptr<c10::Half>();
+  at::parallel_for(0, N, 64, [&](int64_t n0, int64_t n1) {
+    switch (wc.scalar_type()) {
+      case torch::kBFloat16:
+        return quantize_rows(wc.data_ptr<c10::BFloat16>(), K, n0, n1, int4, qp, sp);
+      case torch::kHalf: return quantize_rows(wc.data_ptr<c10::Half>(), K, n0, n1, int4, qp, sp);
+      case torch::kFloat: return quantize_rows(wc.data_ptr<float>(), K, n0, n1, int4, qp, sp);
+      default: TORCH_CHECK(false, "quantize: bf16, fp16 or float32 weights");
+    }
+  });
+  return {q, scales};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("quantize", &quantize, "int8/int4 groups of a float weight, as model/quant.py");
   m.def("linear", &linear, "x (M, K) float32 @ packed weight^T, M <= 16");
   m.def("dequantize", &dequantize, "float32 rows [n0, n1) of a packed weight");
   m.def("linear_bf16_native", &linear_bf16_native, "bf16 x @ bf16 w^T (AVX512-BF16)");

@@ -7,17 +7,19 @@ dtype conversion holds one tensor at a time twice, never the whole model.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from ..config import CheckpointError, ModelConfig, read_json
-from .packed import empty_packed, replace_linears
+from .packed import empty_packed, quantize_in_chunks, replace_linears
 from .qwen2 import RotaryEmbedding
 from .qwen2_audio import Qwen2AudioForConditionalGeneration
 
@@ -100,6 +102,7 @@ def load_model(
     device: torch.device,
     compute_dtype: torch.dtype | None = None,
     packed: dict[str, str] | None = None,
+    quantize: dict[str, str] | None = None,
     show_progress: bool | None = None,
 ) -> Qwen2AudioForConditionalGeneration:
     """The model with its weights from `path`.
@@ -107,18 +110,23 @@ def load_model(
     `dtype`: the linear layers' weights and the embedding table; `compute_dtype` (default: the
     same): everything else (norms, biases, convolutions, positions), which sets the activations'
     dtype. `packed`: {linear layer: format} of a checkpoint written by `qwen-audio quantize`,
-    whose packed tensors load as stored (memory-mapped).
+    whose packed tensors load as stored (memory-mapped). `quantize`: {linear layer: int8|int4}
+    to quantize while reading: those weights are read into memory one at a time (not mapped, so
+    their file pages never count in the process's memory) and only the packed copy is kept.
     """
     compute = compute_dtype or dtype
     with torch.device("meta"):
         model = Qwen2AudioForConditionalGeneration(config)
     packed = packed or {}
-    if packed:
+    quantize = quantize or {}
+    layouts = {**packed, **quantize}
+    if layouts:
         replace_linears(
             model,
-            lambda name, m: empty_packed(m, packed[name], compute) if name in packed else None,
+            lambda name, m: empty_packed(m, layouts[name], compute) if name in layouts else None,
         )
     as_stored = {f"{n}.{t}" for n in packed for t in ("weight", "scales")}
+    to_quantize = {f"{n}.weight": fmt for n, fmt in quantize.items()}
     wide = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     wide.add("language_model.model.embed_tokens.weight")
     expected = model.state_dict()
@@ -138,6 +146,21 @@ def load_model(
         try:
             with safe_open(str(f), framework="pt", device="cpu") as st:
                 for key in st.keys():
+                    if key in to_quantize:
+                        tensor = read_unmapped(f, key)
+                        name = key.removesuffix(".weight")
+                        want = expected[key].shape
+                        q, scales = quantize_in_chunks(to_quantize[key], tensor)
+                        if q.shape != want:
+                            raise CheckpointError(
+                                f"{f.name}: {key} has shape {tuple(tensor.shape)}, which does not "
+                                f"fit config.json's {tuple(want)} once packed"
+                            )
+                        state[key], state[f"{name}.scales"] = q, scales
+                        if bar is not None:
+                            bar.update(tensor.numel() * tensor.element_size())
+                        del tensor
+                        continue
                     if key not in expected:
                         unexpected.append(key)
                         continue
@@ -180,6 +203,26 @@ def load_model(
         device
     )
     return model.eval()
+
+
+_NUMPY_DTYPES = {"F32": (np.float32, None), "F16": (np.float16, None), "BF16": (np.uint16, "bf16")}
+
+
+def read_unmapped(path: Path, key: str) -> torch.Tensor:
+    """One tensor of a safetensors file, read into ordinary memory instead of mapped."""
+    with open(path, "rb") as fh:
+        header_len = int.from_bytes(fh.read(8), "little")
+        entry = json.loads(fh.read(header_len))[key]
+        np_dtype, kind = _NUMPY_DTYPES.get(entry["dtype"], (None, None))
+        if np_dtype is None:
+            raise CheckpointError(f"{path.name}: {key} is {entry['dtype']}, not a float weight")
+        start, end = entry["data_offsets"]
+        fh.seek(8 + header_len + start)
+        data = np.fromfile(fh, dtype=np_dtype, count=(end - start) // np.dtype(np_dtype).itemsize)
+    tensor = torch.from_numpy(data)
+    if kind == "bf16":
+        tensor = tensor.view(torch.bfloat16)
+    return tensor.reshape(entry["shape"])
 
 
 def _fill_optional_weights(

@@ -29,7 +29,7 @@ def add_serve_subcommand(subparsers: argparse._SubParsersAction) -> argparse.Arg
     p.add_argument("--model", required=True, help="checkpoint folder (or hub id)")
     p.add_argument("--host", default=d.host, help="bind address (default: loopback only)")
     p.add_argument("--port", type=int, default=d.port)
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--device", default=None, help="cpu or cuda (default: the engine's choice)")
     p.add_argument("--quantize", default=None, choices=["int8", "int4"])
     p.add_argument(
