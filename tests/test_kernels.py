@@ -194,3 +194,19 @@ def test_native_bf16_kernel_rounds_like_the_gemm(rows):
     exact = x.float() @ w.float().T
     step = (x.float().abs() @ w.float().abs().T) * 2**-8  # one bf16 rounding of the sum
     assert ((got - exact).abs() <= step).all()
+
+
+def test_without_a_compiler_everything_runs_on_pytorch(monkeypatch, checkpoints, caplog):
+    monkeypatch.setattr(K, "_module", None)
+    monkeypatch.setattr(K, "_tried", False)
+    monkeypatch.setattr(K.shutil, "which", lambda name: None)
+    with caplog.at_level("WARNING"):
+        assert K.load_kernels() is None
+    assert "no C++ compiler" in caplog.text
+    from qwen_audio import LLM, SamplingParams
+    from tests.conftest import noise_clip
+
+    llm = LLM(checkpoints("mha", save_dtype=torch.bfloat16), quantize="int4")
+    assert llm.checkpoint.kernels is None
+    conv = [{"role": "user", "content": [{"type": "audio", "audio": (noise_clip(1.0), 16000)}]}]
+    assert len(llm.chat(conv, SamplingParams(temperature=0, max_tokens=3))[0].token_ids) == 3

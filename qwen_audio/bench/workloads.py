@@ -3,7 +3,8 @@
 Each framework runs in its own process (so peak RSS is its own) and reports seconds per workload:
 - ttft_5s / ttft_30s: time to the first token for a 5 s / 30 s clip plus a question, audio
   decoding and features included, on a clip the engine has not heard before;
-- decode: tokens per second at batch 1 after the first token (64 tokens, eos ignored);
+- decode: tokens per second at batch 1 after the first token (64 tokens, eos ignored), from
+  the arrival times of the streamed tokens;
 - throughput: 16 requests with clips spread over 2-30 s and 64 new tokens each, submitted
   together (ours: continuous batching; transformers: `generate` on padded batches of 8);
 - third_turn: time to the first token of the third turn of a voice chat with three 5 s clips;

@@ -88,40 +88,64 @@ inline __m256i q4_nibbles(const uint8_t* p) {  // 16 bytes -> 32 unsigned nibble
   return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(b, 4), mask), _mm_and_si128(b, mask));
 }
 
-// Two accumulators per row (even and odd groups), whatever MR is: batched == single.
+// One group of 32 weights (unsigned nibbles for q4, |w| for q8) times row m's inputs, into acc.
+template <bool kQ4Format>
+inline void int_group(__m256i u, __m256i wsigned, float dw, const QuantizedRows& x, int64_t K,
+                      int64_t groups, int m, int64_t g, __m256& acc, float& zero_point) {
+  __m256i xv = _mm256_loadu_si256((const __m256i*)(x.q + m * K + g * kGroup));
+  if constexpr (!kQ4Format) xv = _mm256_sign_epi8(xv, wsigned);  // the weight's sign
+  const __m256 scale = _mm256_set1_ps(dw * x.d[m * groups + g]);
+  acc = _mm256_fmadd_ps(dot_u8_s8(u, xv), scale, acc);
+  if constexpr (kQ4Format) zero_point += dw * x.off[m * groups + g];
+}
+
+template <bool kQ4Format>
+inline __m256i int_weights(const uint8_t* row, int64_t g, __m256i& wsigned) {
+  if constexpr (kQ4Format) {
+    return q4_nibbles(row + g * (kGroup / 2));
+  } else {
+    wsigned = _mm256_loadu_si256((const __m256i*)(row + g * kGroup));
+    return _mm256_sign_epi8(wsigned, wsigned);  // |w|; the sign moves onto the inputs
+  }
+}
+
+// Two accumulators per row, even and odd groups (unrolled by two, so both stay in registers),
+// whatever MR is: a row's sums do not depend on the batch (batched == single).
 template <bool kQ4Format, int MR>
 void int_rows(const uint8_t* w, const uint16_t* s, const QuantizedRows& x, int64_t K, float* y,
               int64_t N, int64_t n0, int64_t n1) {
   const int64_t groups = K / kGroup;
   const int64_t row_bytes = kQ4Format ? K / 2 : K;
   for (int64_t n = n0; n < n1; n++) {
-    __m256 acc[MR][2];
+    __m256 even[MR], odd[MR];
     float zero_point[MR];
     for (int m = 0; m < MR; m++) {
-      acc[m][0] = acc[m][1] = _mm256_setzero_ps();
+      even[m] = odd[m] = _mm256_setzero_ps();
       zero_point[m] = 0.0f;
     }
     const uint8_t* row = w + n * row_bytes;
     const uint16_t* scales = s + n * groups;
-    for (int64_t g = 0; g < groups; g++) {
-      const float dw = _cvtsh_ss(scales[g]);
-      __m256i u, wsigned;
-      if constexpr (kQ4Format) {
-        u = q4_nibbles(row + g * (kGroup / 2));
-      } else {
-        wsigned = _mm256_loadu_si256((const __m256i*)(row + g * kGroup));
-        u = _mm256_sign_epi8(wsigned, wsigned);  // |w|; the sign moves onto the inputs
-      }
+    int64_t g = 0;
+    for (; g + 1 < groups; g += 2) {
+      __m256i ws0 = _mm256_setzero_si256(), ws1 = _mm256_setzero_si256();
+      const __m256i u0 = int_weights<kQ4Format>(row, g, ws0);
+      const __m256i u1 = int_weights<kQ4Format>(row, g + 1, ws1);
+      const float d0 = _cvtsh_ss(scales[g]), d1 = _cvtsh_ss(scales[g + 1]);
       for (int m = 0; m < MR; m++) {
-        __m256i xv = _mm256_loadu_si256((const __m256i*)(x.q + m * K + g * kGroup));
-        if constexpr (!kQ4Format) xv = _mm256_sign_epi8(xv, wsigned);
-        const __m256 scale = _mm256_set1_ps(dw * x.d[m * groups + g]);
-        acc[m][g & 1] = _mm256_fmadd_ps(dot_u8_s8(u, xv), scale, acc[m][g & 1]);
-        if constexpr (kQ4Format) zero_point[m] += dw * x.off[m * groups + g];
+        int_group<kQ4Format>(u0, ws0, d0, x, K, groups, m, g, even[m], zero_point[m]);
+        int_group<kQ4Format>(u1, ws1, d1, x, K, groups, m, g + 1, odd[m], zero_point[m]);
+      }
+    }
+    if (g < groups) {
+      __m256i ws = _mm256_setzero_si256();
+      const __m256i u = int_weights<kQ4Format>(row, g, ws);
+      const float d = _cvtsh_ss(scales[g]);
+      for (int m = 0; m < MR; m++) {
+        int_group<kQ4Format>(u, ws, d, x, K, groups, m, g, even[m], zero_point[m]);
       }
     }
     for (int m = 0; m < MR; m++) {
-      y[m * N + n] = V::hsum(_mm256_add_ps(acc[m][0], acc[m][1])) - zero_point[m];
+      y[m * N + n] = V::hsum(_mm256_add_ps(even[m], odd[m])) - zero_point[m];
     }
   }
 }

@@ -21,8 +21,9 @@ QUANTIZE_CHUNK_FLOATS = 1 << 25  # rows quantized at once: 128 MiB of float32 te
 
 
 def quantize_in_chunks(format: str, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`quant.quantize`, by the compiled kernel where there is one (the same bytes, ~50x
-    faster), else over blocks of rows: a 156k-row head never becomes float32 at once."""
+    """`quant.quantize`, by the compiled kernel where there is one (the same bytes without
+    PyTorch's float32 temporaries), else over blocks of rows: a 156k-row head never becomes
+    float32 at once."""
     module = K.load_kernels() if w.device.type == "cpu" else None
     if module is not None and w.shape[1] % quant.GROUP == 0:
         q, s = module.quantize(w, K.FORMAT_IDS[format])

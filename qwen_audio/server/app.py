@@ -90,6 +90,95 @@ def body_too_large(max_bytes: int) -> APIError:
     )
 
 
+LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
+WILDCARD_HOSTS = {"0.0.0.0", "::", ""}
+
+
+def allowed_host_names(settings: ServerSettings) -> set[str] | None:
+    """The Host header values this server answers (port aside); None: any (a wildcard bind with
+    no --allowed-hosts, where the names it is reached by are unknown)."""
+    names = {h.lower() for h in settings.allowed_hosts}
+    bound = settings.host.lower()
+    if bound in WILDCARD_HOSTS:
+        return names or None
+    names.add(bound)
+    if bound in LOOPBACK_NAMES or bound.startswith("127."):
+        names |= LOOPBACK_NAMES
+    return names
+
+
+def host_name(header: str) -> str:
+    """`example.com:8000` -> `example.com`; `[::1]:8000` -> `[::1]`."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header.split("]", 1)[0] + "]"
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+class Gatekeeper:
+    """What is decided before a request's body is read: the Host header (a page that rebinds its
+    DNS name to 127.0.0.1 must not reach a local server), and the API key of the protected paths
+    (an unauthenticated body is never parsed); then the security headers of every answer."""
+
+    PROTECTED = ("/v1/", "/metrics", "/openapi.json")
+
+    def __init__(self, app: ASGIApp, settings: ServerSettings):
+        self.app = app
+        self.settings = settings
+        self.hosts = allowed_host_names(settings)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        err = self._refusal(scope["path"], headers)
+        if err is not None:
+            response = JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+            return await response(scope, receive, self._with_security_headers(send, scope))
+        await self.app(scope, receive, self._with_security_headers(send, scope))
+
+    def _refusal(self, path: str, headers: dict[bytes, bytes]) -> APIError | None:
+        if self.hosts is not None:
+            host = headers.get(b"host", b"").decode("latin-1")
+            if host_name(host) not in self.hosts:
+                return APIError(
+                    421,
+                    f"Host {host!r} is not a name this server answers to (--host, --allowed-hosts)",
+                    code="host_not_allowed",
+                )
+        if self.settings.api_key is not None and path.startswith(self.PROTECTED):
+            scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+            if scheme.lower() != "bearer" or not secrets.compare_digest(
+                token.strip().encode("latin-1"), self.settings.api_key.encode()
+            ):
+                return APIError(
+                    401,
+                    "missing or wrong API key (send `Authorization: Bearer <key>`)",
+                    code="invalid_api_key",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+        return None
+
+    @staticmethod
+    def _with_security_headers(send: Send, scope: Scope) -> Send:
+        page = scope["path"] == "/" or scope["path"].startswith("/static/")
+
+        async def wrapped(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                extra = [(b"x-content-type-options", b"nosniff")]
+                if page:
+                    extra.append((b"content-security-policy", PAGE_CSP.encode()))
+                known = {k.lower() for k, _ in message.get("headers", [])}
+                message = {
+                    **message,
+                    "headers": list(message.get("headers", []))
+                    + [h for h in extra if h[0] not in known],
+                }
+            await send(message)
+
+        return wrapped
+
+
 class CountRequests:
     """Counts every answered request by endpoint and status, errors included."""
 
@@ -268,5 +357,6 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type"],
         )
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(Gatekeeper, settings=settings)  # before the body is read or parsed
     app.add_middleware(CountRequests, handlers=handlers)
     return app

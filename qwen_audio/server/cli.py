@@ -57,9 +57,24 @@ def add_serve_subcommand(subparsers: argparse._SubParsersAction) -> argparse.Arg
         help="with --allow-remote-audio: only these domains and their subdomains",
     )
     p.add_argument("--cors-origins", type=_csv, default=[], metavar="A,B", help="CORS origins")
+    p.add_argument(
+        "--allowed-hosts",
+        type=_csv,
+        default=[],
+        metavar="A,B",
+        help="Host header names answered besides --host (DNS-rebinding protection)",
+    )
     p.add_argument("--max-upload-mb", type=float, default=d.max_upload_mb)
     p.add_argument("--max-audio-seconds", type=float, default=d.max_audio_seconds)
     p.add_argument("--max-audios-per-request", type=int, default=d.max_audios_per_request)
+    p.add_argument(
+        "--max-text-chars",
+        type=int,
+        default=d.max_text_chars,
+        help="characters of text per request, checked before tokenizing "
+        "(default: 16 x the model's context in tokens)",
+    )
+    p.add_argument("--max-messages", type=int, default=d.max_messages, help="per chat request")
     p.add_argument("--request-timeout", type=float, default=d.request_timeout_s, metavar="S")
     p.add_argument(
         "--max-queue",
@@ -84,6 +99,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         port=args.port,
         api_key=args.api_key or None,
         cors_origins=args.cors_origins,
+        allowed_hosts=args.allowed_hosts,
         allowed_local_media_paths=[Path(p) for p in args.allowed_local_media_path],
         allow_remote_audio=args.allow_remote_audio,
         remote_audio_domains=args.remote_audio_domains,
@@ -93,6 +109,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         request_timeout_s=args.request_timeout,
         max_queue=args.max_queue,
         asr_style=args.asr_style,
+        max_text_chars=args.max_text_chars,
+        max_messages=args.max_messages,
     )
 
 

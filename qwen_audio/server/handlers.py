@@ -15,6 +15,7 @@ import anyio
 from fastapi import Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
+from . import limits
 from . import transcription as tr
 from .engine_calls import Admission, Generation, Slot, unless_disconnected
 from .media import SAMPLE_RATE, MediaLoader, RequestMedia, too_large
@@ -142,8 +143,15 @@ class Handlers:
             messages.append({"role": role, "content": parts})
         return messages
 
+    @property
+    def max_text_chars(self) -> int:
+        return limits.max_text_chars(self.settings.max_text_chars, self.engine.max_model_len)
+
     async def chat(self, req: ChatCompletionRequest, request: Request) -> Response:
         endpoint = "chat"
+        limits.check_chat(
+            req, max_chars=self.max_text_chars, max_messages=self.settings.max_messages
+        )
         slot = self.admission.admit()
         try:
             media = self.media.for_request()
@@ -235,6 +243,7 @@ class Handlers:
 
     async def completion(self, req: CompletionRequest, request: Request) -> Response:
         endpoint = "completions"
+        limits.check_texts([("prompt", req.prompt)], self.max_text_chars, "--max-text-chars")
         slot = self.admission.admit()
         try:
             media = self.media.for_request()
@@ -307,6 +316,10 @@ class Handlers:
     ) -> Response:
         endpoint = "translations" if translate else "transcriptions"
         form.check()
+        if len((await request.form()).getlist("file")) > 1:  # FastAPI would keep only the last
+            raise APIError(400, "one audio file per request: `file` was sent twice", param="file")
+        if form.prompt:
+            limits.check_texts([("prompt", form.prompt)], self.max_text_chars, "--max-text-chars")
         slot = self.admission.admit()
         try:
             if file.size is not None and file.size > self.settings.max_upload_bytes:

@@ -15,6 +15,9 @@ class ServerSettings:
     port: int = 8000
     api_key: str | None = None  # when set, /v1/* and /metrics need `Authorization: Bearer <key>`
     cors_origins: list[str] = field(default_factory=list)  # empty: no CORS headers at all
+    # Host header values answered besides --host itself (and the loopback names when --host is
+    # loopback); with a wildcard --host and none given, any Host is answered.
+    allowed_hosts: list[str] = field(default_factory=list)
 
     # Media inputs
     allowed_local_media_paths: list[Path] = field(default_factory=list)  # file:// roots
@@ -25,6 +28,10 @@ class ServerSettings:
     max_audios_per_request: int = 8
     remote_timeout_s: float = 10.0  # whole download, redirects included
     max_redirects: int = 3
+
+    # Text limits, checked before tokenizing (see limits.py)
+    max_text_chars: int | None = None  # all text of a request; None: 16 x the context in tokens
+    max_messages: int = 512  # messages of a chat request
 
     # Load and time limits
     request_timeout_s: float = 600.0  # whole request, from admission to the last token
