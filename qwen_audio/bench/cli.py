@@ -139,15 +139,15 @@ def ratio(ours: float | None, ref: float | None) -> float | None:
     return ours / ref
 
 
-def llama_cpp_results(args, methods: list[str]) -> dict[str, dict]:
-    """llama-bench on the same decoder: bf16, and Q8_0 / Q4_0 for our int8 / int4."""
+def llama_cpp_files(args, methods: list[str]) -> dict[str, object]:
+    """The GGUF files of the same decoder (written and quantized once, then reused): bf16, and
+    Q8_0 / Q4_0 next to our int8 / int4."""
     from pathlib import Path
 
     from . import llama_cpp
 
-    bench = llama_cpp.find_tool("llama-bench", args.llama_cpp)
     quantize = llama_cpp.find_tool("llama-quantize", args.llama_cpp)
-    if bench is None or quantize is None:
+    if llama_cpp.find_tool("llama-bench", args.llama_cpp) is None or quantize is None:
         raise RuntimeError("llama.cpp's llama-bench / llama-quantize not found: see --llama-cpp")
     model = Path(args.model)
     folder = Path(args.gguf_dir or Path(os.environ.get("TMPDIR", "/tmp")) / f"{model.name}-gguf")
@@ -156,7 +156,6 @@ def llama_cpp_results(args, methods: list[str]) -> dict[str, dict]:
     if not bf16.exists():
         print(f"writing {bf16} ...", file=sys.stderr, flush=True)
         llama_cpp.write_gguf(model, bf16)
-    threads = torch.get_num_threads()
     wanted = args.llama_cpp_formats.split(",")
     files = {"llama.cpp bf16": bf16} if "bf16" in wanted else {}
     for method, qtype in (("int8", "q8_0"), ("int4", "q4_0")):
@@ -164,20 +163,23 @@ def llama_cpp_results(args, methods: list[str]) -> dict[str, dict]:
             out = folder / f"model-{qtype}.gguf"
             if not out.exists():
                 print(f"quantizing {out} ...", file=sys.stderr, flush=True)
-                llama_cpp.quantize(quantize, bf16, out, qtype, threads)
+                llama_cpp.quantize(quantize, bf16, out, qtype, torch.get_num_threads())
             files[f"llama.cpp {qtype}"] = out
-    results = {}
-    for label, path in files.items():
-        print(f"running {label} ...", file=sys.stderr, flush=True)
-        results[label] = llama_cpp.bench(
-            bench,
-            path,
-            threads=threads,
-            prompt=args.prompt_tokens,
-            gen=args.decode_tokens,
-            reps=max(1, args.repeats),
-        )
-    return results
+    return files
+
+
+def llama_cpp_run(args, label: str, path) -> dict:
+    from . import llama_cpp
+
+    print(f"running {label} ...", file=sys.stderr, flush=True)
+    return llama_cpp.bench(
+        llama_cpp.find_tool("llama-bench", args.llama_cpp),
+        path,
+        threads=torch.get_num_threads(),
+        prompt=args.prompt_tokens,
+        gen=args.decode_tokens,
+        reps=max(1, args.repeats),
+    )
 
 
 def run_bench(args) -> int:
@@ -187,13 +189,30 @@ def run_bench(args) -> int:
     unknown += [c for c in peers if c not in ("transformers", "llama.cpp")]
     if unknown:
         raise ValueError(f"unknown --quantize / --compare value(s): {', '.join(unknown)}")
-    results = {"ours": worker("ours", args)}
-    for method in methods:
-        results[f"ours_{method}"] = worker("ours", args, method)
+    # Each of ours next to its peer in time: this VM's read bandwidth drifts by 2x over minutes,
+    # so every run gets its own bandwidth measurement, taken right before it.
+    gguf = llama_cpp_files(args, methods) if "llama.cpp" in peers else {}
+    plan = [("ours", lambda: worker("ours", args))]
+    if "llama.cpp bf16" in gguf:
+        plan.append(
+            (
+                "llama.cpp bf16",
+                lambda: llama_cpp_run(args, "llama.cpp bf16", gguf["llama.cpp bf16"]),
+            )
+        )
     if "transformers" in peers:
-        results["transformers"] = worker("transformers", args)
-    if "llama.cpp" in peers:
-        results.update(llama_cpp_results(args, methods))
+        plan.append(("transformers", lambda: worker("transformers", args)))
+    for method, qtype in (("int8", "q8_0"), ("int4", "q4_0")):
+        if method in methods:
+            plan.append((f"ours_{method}", lambda m=method: worker("ours", args, m)))
+            label = f"llama.cpp {qtype}"
+            if label in gguf:
+                plan.append((label, lambda lb=label: llama_cpp_run(args, lb, gguf[lb])))
+    results = {}
+    for label, run in plan:
+        bandwidth_before = memory_bandwidth_gbs()
+        results[label] = run()
+        results[label]["bandwidth_gbs"] = bandwidth_before
     bandwidth = memory_bandwidth_gbs()
 
     columns = list(results)
@@ -202,7 +221,9 @@ def run_bench(args) -> int:
         header += "".join(f"{c + '/hf':>16}" for c in columns if c != "transformers")
     print(header)
     ratios: dict[str, dict[str, float]] = {}
-    for key, label, unit, _ in ROWS:
+    for key, label, unit, _ in ROWS + [("bandwidth_gbs", "read bandwidth before", "GB/s", False)]:
+        if all(results[c].get(key) is None for c in columns):
+            continue  # a workload that was not run
         line = f"{label + ' (' + unit + ')':32}"
         for c in columns:
             v = results[c].get(key)
@@ -245,14 +266,15 @@ def run_bench(args) -> int:
         if per_token is None and same_bytes.get(c) in results:
             per_token = results[same_bytes[c]].get("weight_bytes_per_token")
         if per_token and results[c].get("decode_tok_s"):
-            limit = bandwidth * 1e9 / per_token
+            own = results[c].get("bandwidth_gbs", bandwidth)
+            limit = own * 1e9 / per_token
             roofline[c] = {
                 "roofline_tok_s": limit,
                 "fraction": results[c]["decode_tok_s"] / limit,
                 "weight_mb_per_token": per_token / 2**20,
             }
             print(
-                f"decode roofline ({c}): {bandwidth:.1f} GB/s / {per_token / 2**20:.0f} MiB "
+                f"decode roofline ({c}): {own:.1f} GB/s / {per_token / 2**20:.0f} MiB "
                 f"per token = {limit:.1f} tok/s; achieved {roofline[c]['fraction']:.0%}"
             )
     quality = {}
