@@ -9,11 +9,14 @@ frees its memory at the next step boundary.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from .llm import EngineFrontend, build_request
 from .outputs import Delta, OutputBuilder, RequestOutput
@@ -21,6 +24,7 @@ from .prompt import RenderedPrompt
 from .sampling import SamplingParams
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -30,11 +34,31 @@ class _Stream:
     builder: OutputBuilder
 
 
-class AsyncLLM(EngineFrontend):
-    """The engine on a background thread; takes the same options as `LLM`."""
+def default_prepare_workers() -> int:
+    """Half the cores, 1 to 4: the engine thread keeps the other half while requests prepare."""
+    return max(1, min(4, (os.cpu_count() or 2) // 2))
 
-    def __init__(self, model: str | os.PathLike | None = None, **options) -> None:
+
+class AsyncLLM(EngineFrontend):
+    """The engine on a background thread; takes the same options as `LLM`, and
+    `prepare_workers`: how many requests may prepare (decode, resample, extract features,
+    tokenize) at once, on their own threads (default: `default_prepare_workers()`)."""
+
+    def __init__(
+        self,
+        model: str | os.PathLike | None = None,
+        *,
+        prepare_workers: int | None = None,
+        **options,
+    ) -> None:
         super().__init__(model, **options)
+        # Request preparation is CPU work that must neither hold the event loop nor starve the
+        # engine thread: it runs on this bounded pool (tokenizers, soxr, libsndfile, FFmpeg and
+        # torch release the GIL, so threads run it in parallel), and the rest of the requests
+        # wait their turn in its queue.
+        self._prepare_pool = ThreadPoolExecutor(
+            prepare_workers or default_prepare_workers(), thread_name_prefix="qwen-audio-prepare"
+        )
         self._streams: dict[str, _Stream] = {}
         self._streams_lock = threading.Lock()
         self._wake = threading.Event()
@@ -45,6 +69,11 @@ class AsyncLLM(EngineFrontend):
     def stats(self) -> dict:
         return self.engine.stats()
 
+    async def run_prepare(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` on the bounded preparation pool."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._prepare_pool, functools.partial(fn, *args))
+
     # ---- streaming ----------------------------------------------------------------------
     async def stream_chat(
         self,
@@ -53,8 +82,7 @@ class AsyncLLM(EngineFrontend):
         *,
         request_id: str | None = None,
     ) -> AsyncIterator[Delta]:
-        # Decoding and resampling audio is CPU work: keep it off the event loop.
-        prompt = await asyncio.to_thread(self.renderer.render_chat, messages)
+        prompt = await self.run_prepare(self.renderer.render_chat, messages)
         async for delta in self.stream_prompt(prompt, params, request_id=request_id):
             yield delta
 
@@ -66,7 +94,7 @@ class AsyncLLM(EngineFrontend):
         *,
         request_id: str | None = None,
     ) -> AsyncIterator[Delta]:
-        rendered = await asyncio.to_thread(self.renderer.render_raw, prompt, list(audios or []))
+        rendered = await self.run_prepare(self.renderer.render_raw, prompt, list(audios or []))
         async for delta in self.stream_prompt(rendered, params, request_id=request_id):
             yield delta
 
@@ -132,6 +160,7 @@ class AsyncLLM(EngineFrontend):
         self._closed = True
         self._wake.set()
         self._thread.join(timeout=10)
+        self._prepare_pool.shutdown(wait=False, cancel_futures=True)
 
     # ---- the engine thread --------------------------------------------------------------
     def _loop(self) -> None:

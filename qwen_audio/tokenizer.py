@@ -34,6 +34,10 @@ AUDIO_EOS = "<|audio_eos|>"
 REQUIRED_SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END, AUDIO, AUDIO_BOS, AUDIO_EOS)
 
 _REPLACEMENT_CHAR = "\ufffd"
+# Texts longer than this are tokenized without holding the GIL. Shorter ones take microseconds,
+# and keep `encode`: `encode_batch` marks the process as having used the library's thread pool,
+# after which every fork (data loader workers) prints a warning and turns it off.
+GIL_FREE_CHARS = 2000
 
 
 class TokenizerError(ValueError):
@@ -249,6 +253,11 @@ class Tokenizer:
 
     def encode(self, text: str) -> list[int]:
         # Qwen2 adds no BOS/EOS around a text, so add_special_tokens changes nothing here.
+        if len(text) > GIL_FREE_CHARS:
+            # `encode` holds the GIL throughout (131k characters: 0.2 s in which no other
+            # thread of the process runs, a server's event loop and engine included);
+            # `encode_batch` releases it and gives the same ids.
+            return self._tok.encode_batch([text], add_special_tokens=False)[0].ids
         return self._tok.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:

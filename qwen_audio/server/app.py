@@ -8,7 +8,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
+from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -16,6 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .connections import BodyTimedOut, BodyTimeout
 from .engine_calls import ClientGone
 from .handlers import Handlers
 from .protocol import APIError, ChatCompletionRequest, CompletionRequest
@@ -87,6 +88,17 @@ def body_too_large(max_bytes: int) -> APIError:
         413,
         f"request body is larger than the limit of {max_bytes / 2**20:.1f} MB",
         code="request_too_large",
+    )
+
+
+def body_timed_out(settings: ServerSettings) -> APIError:
+    return APIError(
+        408,
+        f"the request body stopped arriving or came too slowly (each piece within "
+        f"{settings.read_timeout_s:g} s, --read-timeout; on average at least "
+        f"{settings.min_body_rate / 1024:g} KB/s, --min-body-rate)",
+        code="request_timeout",
+        headers={"Connection": "close"},
     )
 
 
@@ -266,6 +278,8 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
     async def on_http_error(request: Request, exc: StarletteHTTPException):
         if isinstance(exc.__cause__, BodyTooLarge):
             return error_response(request, body_too_large(settings.max_body_bytes))
+        if isinstance(exc.__cause__, BodyTimedOut):
+            return error_response(request, body_timed_out(settings))
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         err = APIError(exc.status_code, str(exc.detail), code=code, headers=exc.headers)
         return error_response(request, err)
@@ -281,33 +295,16 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
             request, APIError(500, "internal server error", code="internal_error")
         )
 
-    def check_key(request: Request) -> None:
-        if settings.api_key is None:
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        expected = settings.api_key.encode()
-        if scheme.lower() != "bearer" or not secrets.compare_digest(
-            token.strip().encode(), expected
-        ):
-            raise APIError(
-                401,
-                "missing or wrong API key (send `Authorization: Bearer <key>`)",
-                code="invalid_api_key",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-
-    auth = [Depends(check_key)]
-
-    @app.post("/v1/chat/completions", dependencies=auth)
+    @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         return await handlers.chat(body, request)
 
-    @app.post("/v1/completions", dependencies=auth)
+    @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
         return await handlers.completion(body, request)
 
     def audio_route(path: str, translate: bool):
-        @app.post(path, dependencies=auth)
+        @app.post(path)
         async def audio(
             request: Request,
             file: UploadFile = File(...),
@@ -324,11 +321,11 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
     audio_route("/v1/audio/transcriptions", translate=False)
     audio_route("/v1/audio/translations", translate=True)
 
-    @app.get("/v1/models", dependencies=auth)
+    @app.get("/v1/models")
     async def models():
         return handlers.models()
 
-    @app.get("/v1/models/{model_id:path}", dependencies=auth)
+    @app.get("/v1/models/{model_id:path}")
     async def model(model_id: str):
         cards = [c for c in handlers.models()["data"] if c["id"] == model_id]
         if not cards:
@@ -339,7 +336,7 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
     async def health():
         return handlers.health()
 
-    @app.get("/metrics", dependencies=auth)
+    @app.get("/metrics")
     async def metrics():
         return handlers.metrics_text()
 
@@ -349,6 +346,13 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
+    # The last added runs first: counting, CORS (its preflights carry no key), the Host and key
+    # checks before any of the body is read, then the body's size and time limits.
+    app.add_middleware(
+        BodyTimeout, read_timeout_s=settings.read_timeout_s, min_rate=settings.min_body_rate
+    )
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(Gatekeeper, settings=settings)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -356,7 +360,5 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
             allow_methods=["GET", "POST", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type"],
         )
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(Gatekeeper, settings=settings)  # before the body is read or parsed
     app.add_middleware(CountRequests, handlers=handlers)
     return app

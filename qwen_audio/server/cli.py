@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..config import MODEL_HELP
 from .settings import ServerSettings
 
 API_KEY_ENV = "QWEN_AUDIO_API_KEY"
@@ -26,7 +27,7 @@ def add_serve_subcommand(subparsers: argparse._SubParsersAction) -> argparse.Arg
         description="Serve a Qwen2-Audio checkpoint over an OpenAI-compatible HTTP API, with a "
         "voice-chat web page at /.",
     )
-    p.add_argument("--model", required=True, help="checkpoint folder (or hub id)")
+    p.add_argument("--model", help=MODEL_HELP)
     p.add_argument("--host", default=d.host, help="bind address (default: loopback only)")
     p.add_argument("--port", type=int, default=d.port)
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
@@ -68,6 +69,15 @@ def add_serve_subcommand(subparsers: argparse._SubParsersAction) -> argparse.Arg
     p.add_argument("--max-audio-seconds", type=float, default=d.max_audio_seconds)
     p.add_argument("--max-audios-per-request", type=int, default=d.max_audios_per_request)
     p.add_argument(
+        "--max-audio-samples",
+        type=int,
+        default=d.max_audio_samples,
+        help="channels x frames per audio at its own rate, read from its header before decoding "
+        f"and counted while decoding (default {d.max_audio_samples:,}: 1200 s of 48 kHz stereo)",
+    )
+    p.add_argument("--min-sample-rate", type=int, default=d.min_sample_rate, metavar="HZ")
+    p.add_argument("--max-sample-rate", type=int, default=d.max_sample_rate, metavar="HZ")
+    p.add_argument(
         "--max-text-chars",
         type=int,
         default=d.max_text_chars,
@@ -76,6 +86,41 @@ def add_serve_subcommand(subparsers: argparse._SubParsersAction) -> argparse.Arg
     )
     p.add_argument("--max-messages", type=int, default=d.max_messages, help="per chat request")
     p.add_argument("--request-timeout", type=float, default=d.request_timeout_s, metavar="S")
+    p.add_argument(
+        "--read-timeout",
+        type=float,
+        default=d.read_timeout_s,
+        metavar="S",
+        help="a request's headers, and each piece of its body, must arrive within S seconds",
+    )
+    p.add_argument(
+        "--min-body-rate",
+        type=float,
+        default=d.min_body_rate / 1024,
+        metavar="KB/S",
+        help="a body must average at least this after its first --read-timeout seconds",
+    )
+    p.add_argument(
+        "--keep-alive-timeout",
+        type=float,
+        default=d.keep_alive_timeout_s,
+        metavar="S",
+        help="close a connection idle this long between requests",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=d.max_connections,
+        help="connections served at once; requests on more get 503",
+    )
+    p.add_argument(
+        "--prepare-workers",
+        type=int,
+        default=d.prepare_workers,
+        metavar="N",
+        help="requests that decode audio, extract features or tokenize at once, off the event "
+        "loop (default: half the cores, 1 to 4)",
+    )
     p.add_argument(
         "--max-queue",
         type=int,
@@ -111,6 +156,14 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         asr_style=args.asr_style,
         max_text_chars=args.max_text_chars,
         max_messages=args.max_messages,
+        max_audio_samples=args.max_audio_samples,
+        min_sample_rate=args.min_sample_rate,
+        max_sample_rate=args.max_sample_rate,
+        read_timeout_s=args.read_timeout,
+        min_body_rate=args.min_body_rate * 1024,
+        keep_alive_timeout_s=args.keep_alive_timeout,
+        max_connections=args.max_connections,
+        prepare_workers=args.prepare_workers,
     )
 
 
@@ -129,6 +182,7 @@ def serve(args: argparse.Namespace) -> int:
     from qwen_audio import AsyncLLM
 
     from .app import create_app
+    from .connections import uvicorn_config
 
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     settings = settings_from_args(args)
@@ -141,10 +195,10 @@ def serve(args: argparse.Namespace) -> int:
     kwargs = {"dtype": args.dtype, "quantize": args.quantize}
     if args.device:
         kwargs["device"] = args.device
-    engine = AsyncLLM(args.model, **kwargs)
+    engine = AsyncLLM(args.model, prepare_workers=settings.prepare_workers, **kwargs)
     app = create_app(engine, settings)
     try:
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level.lower())
+        uvicorn.Server(uvicorn_config(app, settings, log_level=args.log_level.lower())).run()
     finally:
         if hasattr(engine, "shutdown"):
             engine.shutdown()

@@ -60,6 +60,9 @@ class Handlers:
         self.model_name = str(engine.model_name)
         self.metrics = metrics or Metrics(self.model_name)
         self.media = MediaLoader(settings)
+        # CPU-heavy preparation (decoding, resampling) goes to the engine's bounded pool, where
+        # it runs off the event loop and a few requests at a time.
+        self.prepare = engine.run_prepare
         self.admission = Admission(engine, settings, self.metrics)
         self.started = now()
 
@@ -154,7 +157,7 @@ class Handlers:
         )
         slot = self.admission.admit()
         try:
-            media = self.media.for_request()
+            media = self.media.for_request(self.prepare, self.engine.max_model_len)
             messages = await unless_disconnected(request, lambda: self.chat_messages(req, media))
             limit = min(self.settings.default_max_tokens, self.engine.max_model_len)
             max_tokens = req.max_completion_tokens or req.max_tokens or limit
@@ -246,7 +249,7 @@ class Handlers:
         limits.check_texts([("prompt", req.prompt)], self.max_text_chars, "--max-text-chars")
         slot = self.admission.admit()
         try:
-            media = self.media.for_request()
+            media = self.media.for_request(self.prepare, self.engine.max_model_len)
             audios = await unless_disconnected(request, lambda: self.completion_audios(req, media))
             max_tokens = req.max_tokens or self.settings.default_completion_max_tokens
             params = self.sampling_params(max_tokens, **req.sampling_fields())
@@ -325,7 +328,7 @@ class Handlers:
             if file.size is not None and file.size > self.settings.max_upload_bytes:
                 raise too_large(self.settings.max_upload_bytes, "file")
             data = await file.read()
-            media = self.media.for_request()
+            media = self.media.for_request(self.prepare)  # windows: no one prompt to fit
             samples = await unless_disconnected(request, lambda: media.from_bytes(data, "file"))
             job = tr.Job(
                 engine=self.engine,

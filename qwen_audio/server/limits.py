@@ -48,15 +48,19 @@ def check_texts(texts: Iterable[tuple[str, str]], limit: int, option: str) -> No
                 param=param,
                 code="text_too_long",
             )
-        if not text.isascii():
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError as err:
-                raise APIError(
-                    400,
-                    f"text is not valid Unicode: a lone surrogate at character {err.start}",
-                    param=param,
-                ) from None
+        if not is_valid_unicode(text):
+            raise APIError(400, "text is not valid Unicode: it holds a lone surrogate", param=param)
+
+
+def is_valid_unicode(text: str) -> bool:
+    """False for text holding a lone surrogate ("\\ud800"), which has no UTF-8 encoding."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_chat(req: ChatCompletionRequest, *, max_chars: int, max_messages: int) -> None:

@@ -1,8 +1,12 @@
 """Audio inputs of API requests: base64 and data: URLs, allow-listed local files, remote URLs.
 
 Every source ends as bytes that go through the package's one audio loader
-(`qwen_audio.audio.load_audio`), giving 16 kHz mono float32 samples for the engine. Limits:
-audio bytes per request (`--max-upload-mb`), seconds per audio, audios per request. Local paths
+(`qwen_audio.audio_io.load_audio`), giving 16 kHz mono float32 samples for the engine. Limits:
+audio bytes per request (`--max-upload-mb`), audios per request, and per audio its seconds,
+decoded samples and sample rate (`AudioLimits`: read from the container's header before
+decoding, counted again while decoding); in a chat or completion, the seconds of all its audios
+together are bounded by the model's context too. Decoding runs through `prepare`, the engine's
+bounded pool for CPU-heavy work, never on the event loop. Local paths
 (`file://`) only under `--allowed-local-media-path`; http(s) only with `--allow-remote-audio`,
 through the SSRF-safe fetcher of `remote.py`.
 """
@@ -12,55 +16,58 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import io
+import dataclasses
 import urllib.parse
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from qwen_audio.audio_io import AudioLimitError, AudioLimits, load_audio
+
+from .limits import is_valid_unicode
 from .protocol import APIError
 from .remote import RemoteFetcher, too_large, url_error
 from .settings import ServerSettings
 
 SAMPLE_RATE = 16000  # what load_audio returns and the engine takes
+AUDIO_TOKENS_PER_SECOND = 25  # 750 audio tokens per 30 s window (audio.py)
+Prepare = Callable[..., Awaitable[Any]]  # runs CPU-heavy work off the event loop, a few at once
 
 
-def decode_audio(data: bytes) -> np.ndarray:
-    """Bytes in any supported container -> 16 kHz mono float32 samples."""
-    # Imported on first use: the package's one audio loader (and its heavier imports).
-    from qwen_audio.audio import load_audio
-
-    return load_audio(data)
-
-
-def probe_seconds(data: bytes) -> float | None:
-    """Duration from the container's packets without decoding, so an over-long file is refused
-    before it is expanded in memory (25 MB of low-bitrate Opus would be days of samples).
-    None when the container cannot be read; the decoder then reports the problem."""
-    import av  # the decoder behind load_audio; demuxing only here
-
-    try:
-        with av.open(io.BytesIO(data), mode="r") as container:
-            stream = next((s for s in container.streams if s.type == "audio"), None)
-            if stream is None or stream.time_base is None:
-                return None
-            end = 0
-            for packet in container.demux(stream):
-                if packet.pts is not None:
-                    end = max(end, packet.pts + (packet.duration or 0))
-            return float(end * stream.time_base)
-    except Exception:  # any container error: leave the verdict to the decoder
-        return None
+def decode_audio(data: bytes, limits: AudioLimits) -> np.ndarray:
+    """Bytes in any supported container -> 16 kHz mono float32 samples, within `limits`."""
+    return load_audio(data, limits=limits)
 
 
 class RequestMedia:
     """The audios of one request, checked against the per-request limits as they arrive."""
 
-    def __init__(self, settings: ServerSettings, fetcher: RemoteFetcher | None):
+    def __init__(
+        self,
+        settings: ServerSettings,
+        fetcher: RemoteFetcher | None,
+        prepare: Prepare,
+        context_tokens: int | None,
+    ):
         self.settings = settings
         self.fetcher = fetcher
+        self.prepare = prepare
         self.count = 0
         self.bytes_left = settings.max_upload_bytes
+        self.limits = AudioLimits(
+            max_seconds=settings.max_audio_seconds,
+            max_samples=settings.max_audio_samples,
+            min_rate=settings.min_sample_rate,
+            max_rate=settings.max_sample_rate,
+        )
+        # Audio that goes into one prompt must fit the model's context: at 25 tokens a second,
+        # longer audio could only end in a context-length error, after all the decoding.
+        self.context_tokens = context_tokens
+        self.context_seconds_left = (
+            None if context_tokens is None else context_tokens / AUDIO_TOKENS_PER_SECOND
+        )
 
     def check_count(self, n: int, param: str | None = None) -> None:
         if n > self.settings.max_audios_per_request:
@@ -108,23 +115,40 @@ class RequestMedia:
         self.bytes_left -= len(data)
         if not data:
             raise APIError(400, "audio is empty", param=param, code="empty_audio")
-        max_s = self.settings.max_audio_seconds
-        seconds = await asyncio.to_thread(probe_seconds, data)
-        if seconds is not None and seconds > max_s + 0.5:  # containers round their durations
-            raise audio_too_long(seconds, max_s, param)
+        limits = self.limits
+        by_context = (
+            self.context_seconds_left is not None
+            and self.context_seconds_left < self.settings.max_audio_seconds
+        )
+        if by_context:
+            limits = dataclasses.replace(limits, max_seconds=self.context_seconds_left)
         try:
-            samples = await asyncio.to_thread(decode_audio, data)
+            samples = await self.prepare(decode_audio, data, limits)
+        except AudioLimitError as e:
+            raise self._over_limit(e, by_context, param) from None
         except Exception as e:  # a corrupt file must give a 400, whatever the decoder raises
             message = str(e) or type(e).__name__
             raise APIError(
                 400, f"cannot decode audio: {message}", param=param, code="invalid_audio"
             ) from None
-        samples = np.asarray(samples, dtype=np.float32)
-        if samples.size == 0:
-            raise APIError(400, "audio has no samples", param=param, code="empty_audio")
-        if samples.size > max_s * SAMPLE_RATE:
-            raise audio_too_long(samples.size / SAMPLE_RATE, max_s, param)
+        if self.context_seconds_left is not None:
+            self.context_seconds_left -= samples.size / SAMPLE_RATE
         return samples
+
+    def _over_limit(self, e: AudioLimitError, by_context: bool, param: str | None) -> APIError:
+        """The loader's message, with the server option (or the context) that set the limit."""
+        message = str(e).removeprefix("audio bytes: ")
+        if e.limit == "max_seconds" and by_context:
+            return APIError(
+                400,
+                f"{message} (the model's context of {self.context_tokens:,} tokens holds at most "
+                f"{self.context_tokens / AUDIO_TOKENS_PER_SECOND:g} s of audio per request, at "
+                f"{AUDIO_TOKENS_PER_SECOND} tokens a second)",
+                param=param,
+                code="audio_too_long",
+            )
+        option, code = LIMIT_OPTIONS[e.limit]
+        return APIError(400, f"{message} ({option})" if option else message, param=param, code=code)
 
     def _data_url(self, url: str, param: str | None) -> bytes:
         header, sep, payload = url.partition(",")
@@ -150,24 +174,34 @@ class RequestMedia:
         parts = urllib.parse.urlsplit(url)
         if parts.netloc not in ("", "localhost"):
             raise url_error("file: URLs must name a local path", param=param)
-        # resolve() follows symlinks, so a link inside a root cannot point outside it.
-        path = Path(urllib.parse.unquote(parts.path)).resolve()
-        if not any(path.is_relative_to(Path(root).resolve()) for root in roots):
-            raise url_error("audio path is outside the allowed local media paths", param=param)
-        if not path.is_file():
-            raise APIError(400, "audio file not found", param=param, code="audio_not_found")
-        if path.stat().st_size > self.bytes_left:
-            raise too_large(self.settings.max_upload_bytes, param)
-        return await asyncio.to_thread(path.read_bytes)
+        name = urllib.parse.unquote(parts.path)
+        if "\x00" in name or not is_valid_unicode(name):
+            raise url_error("file: URL holds a null byte or invalid Unicode", param=param)
+        try:
+            # resolve() follows symlinks, so a link inside a root cannot point outside it.
+            path = Path(name).resolve()
+            if not any(path.is_relative_to(Path(root).resolve()) for root in roots):
+                raise url_error("audio path is outside the allowed local media paths", param=param)
+            if not path.is_file():
+                raise APIError(400, "audio file not found", param=param, code="audio_not_found")
+            if path.stat().st_size > self.bytes_left:
+                raise too_large(self.settings.max_upload_bytes, param)
+            return await asyncio.to_thread(path.read_bytes)
+        except OSError as e:  # a name too long, a file that vanished or cannot be read
+            raise APIError(
+                400,
+                f"cannot read the audio file: {e.strerror or e}",
+                param=param,
+                code="audio_not_found",
+            ) from None
 
 
-def audio_too_long(seconds: float, max_s: float, param: str | None) -> APIError:
-    return APIError(
-        400,
-        f"audio is {seconds:.1f} s long; the limit is {max_s:g} s",
-        param=param,
-        code="audio_too_long",
-    )
+LIMIT_OPTIONS = {  # AudioLimitError.limit -> (the server option that sets it, error code)
+    "max_seconds": ("--max-audio-seconds", "audio_too_long"),
+    "max_samples": ("--max-audio-samples", "audio_too_large"),
+    "sample_rate": ("--min-sample-rate, --max-sample-rate", "unsupported_sample_rate"),
+    "max_channels": ("", "too_many_channels"),
+}
 
 
 class MediaLoader:
@@ -181,5 +215,6 @@ class MediaLoader:
             )
         self.fetcher = fetcher
 
-    def for_request(self) -> RequestMedia:
-        return RequestMedia(self.settings, self.fetcher)
+    def for_request(self, prepare: Prepare, context_tokens: int | None = None) -> RequestMedia:
+        """`context_tokens`: the audio goes into one prompt of at most this many tokens."""
+        return RequestMedia(self.settings, self.fetcher, prepare, context_tokens)

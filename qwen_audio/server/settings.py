@@ -25,6 +25,12 @@ class ServerSettings:
     remote_audio_domains: list[str] = field(default_factory=list)  # empty: any public host
     max_upload_mb: float = 25.0  # audio bytes per request (uploads, base64 payloads, downloads)
     max_audio_seconds: float = 1200.0  # per decoded audio
+    # Per audio, read from its header before decoding and counted while decoding: channels x
+    # frames at the file's own rate (the decoding work; 1200 s of 48 kHz stereo), and the range
+    # of sample rates (resampling 1 Hz audio to 16 kHz would multiply it by 16,000).
+    max_audio_samples: int = 115_200_000
+    min_sample_rate: int = 4000
+    max_sample_rate: int = 384000
     max_audios_per_request: int = 8
     remote_timeout_s: float = 10.0  # whole download, redirects included
     max_redirects: int = 3
@@ -32,6 +38,17 @@ class ServerSettings:
     # Text limits, checked before tokenizing (see limits.py)
     max_text_chars: int | None = None  # all text of a request; None: 16 x the context in tokens
     max_messages: int = 512  # messages of a chat request
+
+    # Connection time limits (connections.py): a request's head, and each piece of its body,
+    # within read_timeout_s; the body at >= min_body_rate bytes/s on average after that long.
+    read_timeout_s: float = 30.0
+    min_body_rate: float = 32 * 1024
+    keep_alive_timeout_s: float = 5.0  # an idle connection between requests
+    max_connections: int = 512  # served at once; requests on more get a 503
+
+    # CPU-heavy request preparation (decoding, resampling, features, tokenizing) at once, on the
+    # engine's bounded pool; None: half the cores, 1 to 4 (AsyncLLM's default_prepare_workers)
+    prepare_workers: int | None = None
 
     # Load and time limits
     request_timeout_s: float = 600.0  # whole request, from admission to the last token
