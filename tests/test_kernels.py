@@ -210,3 +210,21 @@ def test_without_a_compiler_everything_runs_on_pytorch(monkeypatch, checkpoints,
     assert llm.checkpoint.kernels is None
     conv = [{"role": "user", "content": [{"type": "audio", "audio": (noise_clip(1.0), 16000)}]}]
     assert len(llm.chat(conv, SamplingParams(temperature=0, max_tokens=3))[0].token_ids) == 3
+
+
+@needs_kernels
+def test_a_build_lock_left_by_an_interrupted_build_does_not_hang_the_next_load():
+    """torch's build lock is a plain file that a killed build leaves behind; the next load must
+    see that nobody holds our OS-level lock and go on instead of waiting forever."""
+    import os
+    import subprocess
+    import sys
+
+    stale = K.build_directory() / "lock"
+    stale.touch()  # what a build killed mid-way leaves
+    code = "from qwen_audio import kernels as K; assert K.load_kernels() is not None"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], timeout=300, capture_output=True, text=True, env=os.environ
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert not stale.exists()

@@ -14,6 +14,7 @@ other CPUs, or with QWEN_AUDIO_KERNELS=0, everything runs on PyTorch's own kerne
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -23,6 +24,11 @@ import sys
 from pathlib import Path
 
 import torch
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; torch's own lock file still serialises builds
+    fcntl = None
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +104,32 @@ def _headers_hash() -> str:
     return digest.hexdigest()[:12]
 
 
+def build_directory() -> Path:
+    """Where the compiled kernels are cached: one folder per torch version and machine."""
+    tag = f"{torch.__version__.replace('+', '_')}-{platform.machine()}"
+    return Path.home() / ".cache" / "qwen_audio" / "kernels" / tag
+
+
+@contextlib.contextmanager
+def _build_lock(build: Path):
+    """One build at a time, by a lock the OS releases when its process dies.
+
+    torch's own lock is a plain file (`build/lock`) that an interrupted build leaves behind, and
+    every later load then waits on it forever. Whoever holds our flock is the only one who can be
+    building, so a `lock` file found while holding it is stale and is removed.
+    """
+    if fcntl is None:
+        yield
+        return
+    with open(build / "qwen_audio.flock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            (build / "lock").unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def load_kernels():
     """The compiled kernel module, or None where it cannot be used (the reason is logged)."""
     global _module, _tried
@@ -119,24 +151,24 @@ def load_kernels():
         return None
     from torch.utils.cpp_extension import load
 
-    tag = f"{torch.__version__.replace('+', '_')}-{platform.machine()}"
-    build = Path.home() / ".cache" / "qwen_audio" / "kernels" / tag
+    build = build_directory()
     build.mkdir(parents=True, exist_ok=True)
     first = not any(build.glob("*.so"))
     if first:
         print("building qwen-audio's CPU kernels (once, about a minute)...", file=sys.stderr)
     try:
-        _module = load(
-            name="qwen_audio_cpu_kernels",
-            sources=[str(_SOURCE)],
-            # -fopenmp: at::parallel_for is an OpenMP pragma in a header, serial without it; the
-            # runtime resolves to the libgomp.so.1 that torch has already loaded
-            extra_cflags=["-O3", "-fopenmp", f"-DQWEN_AUDIO_HEADERS={_headers_hash()}"],
-            extra_ldflags=["-fopenmp"],
-            extra_include_paths=[str(_DIR)],
-            build_directory=str(build),
-            verbose=False,
-        )
+        with _build_lock(build):
+            _module = load(
+                name="qwen_audio_cpu_kernels",
+                sources=[str(_SOURCE)],
+                # -fopenmp: at::parallel_for is an OpenMP pragma in a header, serial without it;
+                # the runtime resolves to the libgomp.so.1 that torch has already loaded
+                extra_cflags=["-O3", "-fopenmp", f"-DQWEN_AUDIO_HEADERS={_headers_hash()}"],
+                extra_ldflags=["-fopenmp"],
+                extra_include_paths=[str(_DIR)],
+                build_directory=str(build),
+                verbose=False,
+            )
     except Exception as err:  # a broken toolchain must not stop the model from running
         log.warning("could not build the CPU kernels (%s); using PyTorch's kernels", err)
         _module = None
