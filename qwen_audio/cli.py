@@ -1,21 +1,34 @@
-"""`qwen-audio`: argument parsing and dispatch only; the work lives in the modules it calls."""
+"""`qwen-audio`: argument parsing and dispatch only; the work lives in the modules it calls.
+
+Nothing heavy is imported to build the parser (no torch, no web server, no trainer), so `--help`
+answers at once; each command imports its work when it runs.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
 
-from .config import CheckpointError
+from .config import MODEL_HELP, CheckpointError
+
+log = logging.getLogger("qwen_audio.cli")  # named so also under `python -m qwen_audio.cli`
+
+# Commands registered by other modules' parsers, and the extra their work needs.
+# (module, registering function, extra, the commands it registers)
+COMMAND_MODULES = [
+    ("qwen_audio.server.cli", "add_serve_subcommand", "server", ("serve",)),
+    ("qwen_audio.eval.cli", "add_eval_subcommands", "eval", ("eval",)),
+    ("qwen_audio.train.cli", "add_train_subcommands", "train", ("finetune", "export")),
+    ("qwen_audio.bench.cli", "add_bench_subcommand", "bench", ("bench",)),
+    ("qwen_audio.demo.cli", "add_demo_subcommands", "demo", ("train-demo",)),
+]
 
 
 def add_model_options(p: argparse.ArgumentParser, *, required: bool = False) -> None:
-    p.add_argument(
-        "--model",
-        required=required,
-        help="checkpoint folder or cached hub id (default: $QWEN_AUDIO_MODEL or the demo model)",
-    )
+    p.add_argument("--model", required=required, help=MODEL_HELP)
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument(
@@ -75,46 +88,71 @@ def add_transcribe_command(sub) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="qwen-audio", description="Run, serve, evaluate and finetune Qwen2-Audio models."
+        prog="qwen-audio",
+        description="Run, serve, evaluate and finetune Qwen2-Audio models. Without --model every "
+        f"command uses {MODEL_HELP.split('(default: ', 1)[1].rstrip(')')}.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what loading does")
     sub = parser.add_subparsers(dest="command", required=True)
     add_chat_command(sub)
     add_transcribe_command(sub)
     add_quantize_command(sub)
-    _add_optional(sub, "qwen_audio.server.cli", "add_serve_subcommand")
-    _add_optional(sub, "qwen_audio.eval.cli", "add_eval_subcommands")
-    _add_optional(sub, "qwen_audio.train.cli", "add_train_subcommands")
-    _add_optional(sub, "qwen_audio.bench.cli", "add_bench_subcommand")
-    _add_optional(sub, "qwen_audio.demo.cli", "add_demo_subcommands")
+    for module, function, extra, names in COMMAND_MODULES:
+        _add_optional(sub, module, function, extra, names)
+    for p in _all_subparsers(sub):
+        # -v after the command too; SUPPRESS keeps a -v given before it.
+        p.add_argument(
+            "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="more logging"
+        )
     return parser
 
 
-def _add_optional(sub, module: str, function: str) -> None:
-    """Commands whose extras may not be installed still show up, and say what to install."""
-    import importlib
+def _all_subparsers(sub) -> list[argparse.ArgumentParser]:
+    found = []
+    for p in dict.fromkeys(sub.choices.values()):  # a parser with aliases appears once
+        found.append(p)
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                found += _all_subparsers(action)
+    return found
 
+
+def _add_optional(sub, module: str, function: str, extra: str, names: tuple[str, ...]) -> None:
+    """Commands whose parser module cannot be imported still show up, under their own names,
+    and say what to install."""
     try:
-        getattr(importlib.import_module(module), function)(sub)
+        register = getattr(importlib.import_module(module), function)
     except ImportError as err:
-        name = module.split(".")[1]
-        p = sub.add_parser(name, help=f"(needs extra packages: {err.name})")
-        p.set_defaults(func=lambda args, e=err: _missing_extra(e))
+        for name in names:
+            p = sub.add_parser(name, help=f"(needs: pip install 'qwen-audio[{extra}]')")
+            p.set_defaults(func=lambda args, e=err: _missing_extra(e, args.command, extra))
+        return
+    register(sub)
+    for name in names:
+        sub.choices[name].set_defaults(extra=extra)
 
 
-def _missing_extra(err: ImportError) -> int:
+def _missing_extra(err: ImportError, command: str, extra: str | None) -> int:
+    hint = f"pip install 'qwen-audio[{extra}]'" if extra else "pip install 'qwen-audio[all]'"
     print(
-        f"error: this command needs the package {err.name!r}; "
-        "install the extras with: pip install 'qwen-audio[all]'",
+        f"error: `qwen-audio {command}` needs the package {err.name!r}, which is not installed; "
+        f"install it with: {hint}",
         file=sys.stderr,
     )
     return 2
 
 
 def _run_chat(args) -> int:
+    from .cli_inputs import check_audio, check_sampling
+
+    check_sampling(args)
+    args.audio = [
+        check_audio(a, long_audio=args.long_audio, allow_remote=args.allow_remote_audio)
+        for a in args.audio
+    ]
+    llm = _load(args)
     from .chat import answer_once, interactive_chat
 
-    llm = _load(args)
     if args.prompt is None and not args.audio:
         return interactive_chat(llm, args)
     result = answer_once(llm, args)
@@ -136,7 +174,7 @@ def add_quantize_command(sub) -> None:
     p = sub.add_parser(
         "quantize", help="write an int8/int4 copy of a checkpoint that loads in seconds"
     )
-    p.add_argument("--model", help="checkpoint folder or cached hub id (default: the demo model)")
+    p.add_argument("--model", help=MODEL_HELP)
     p.add_argument("--method", choices=["int8", "int4"], required=True)
     p.add_argument("--output", required=True, help="folder to write")
     p.set_defaults(func=_run_quantize)
@@ -155,16 +193,24 @@ def _run_quantize(args) -> int:
 
 
 def _run_transcribe(args) -> int:
+    from .cli_inputs import check_audio
+
+    # Windows of 30 s are cut here, so --long-audio does not apply to transcription.
+    args.files = [check_audio(f, allow_remote=args.allow_remote_audio) for f in args.files]
+    llm = _load(args)
     from .transcribe import transcribe_files
 
-    return transcribe_files(_load(args), args)
+    return transcribe_files(llm, args)
 
 
 def _load(args):
+    from .config import default_model
     from .llm import LLM
 
+    model = default_model(args.model)
+    log.info("loading %s", model)
     return LLM(
-        args.model,
+        model,
         dtype=args.dtype,
         device=args.device,
         quantize=args.quantize,
@@ -177,13 +223,23 @@ def _load(args):
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    from .cli_inputs import cli_words
+
     try:
         return int(args.func(args) or 0)
     except (CheckpointError, ValueError, FileNotFoundError) as err:
         # Bad input (a file, a field, a limit): one clear line, not a traceback.
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {cli_words(str(err))}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as err:
+        # An extra's package (fastapi, peft, ...) that the command imports when it runs.
+        if (err.name or "").split(".")[0] == "qwen_audio":
+            raise
+        return _missing_extra(err, args.command, getattr(args, "extra", None))
     except KeyboardInterrupt:
         return 130
 

@@ -8,13 +8,41 @@ missing field takes the Qwen2 / Qwen2-Audio-encoder default that transformers wo
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+MODEL_ENV = "QWEN_AUDIO_MODEL"
+DEMO_MODEL = Path(__file__).resolve().parent / "assets" / "demo-model"  # ships in the package
+MODEL_HELP = (
+    f"checkpoint folder or cached hub id (default: ${MODEL_ENV}, else the demo model in "
+    f"{DEMO_MODEL})"
+)
+
 
 class CheckpointError(ValueError):
     """A checkpoint folder or one of its files is missing or malformed (the message names it)."""
+
+
+def default_model(model: str | os.PathLike | None = None) -> str | os.PathLike:
+    """The model to load: `model` when given, else $QWEN_AUDIO_MODEL, else the bundled demo model.
+
+    The one place that decides the default: `LLM()`, every command without `--model`, the server,
+    eval, finetuning and the benchmarks all go through it. A hub id is returned as is (the
+    loader resolves it); the demo model is returned as its folder.
+    """
+    if model is not None and str(model):
+        return model
+    env = os.environ.get(MODEL_ENV)
+    if env:
+        return env
+    if (DEMO_MODEL / "config.json").exists():
+        return DEMO_MODEL
+    raise CheckpointError(
+        f"no model given and the demo model is missing from {DEMO_MODEL}: pass a checkpoint "
+        f"folder (--model DIR, LLM(path)) or set {MODEL_ENV}"
+    )
 
 
 def read_json(path: Path, *, required: bool = True) -> dict[str, Any] | None:

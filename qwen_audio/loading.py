@@ -22,7 +22,7 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from . import precision as prec
-from .config import CheckpointError, GenerationDefaults, ModelConfig
+from .config import CheckpointError, GenerationDefaults, ModelConfig, default_model
 from .model.loader import load_model, resolve_model_path, weight_files
 from .model.packed import PackedLinear, attach_kernels, replace_linears
 from .model.qwen2_audio import Qwen2AudioForConditionalGeneration
@@ -56,16 +56,8 @@ class Checkpoint:
 
 
 def default_model_path() -> Path:
-    """The model used when none is given: $QWEN_AUDIO_MODEL, else the bundled demo model."""
-    env = os.environ.get("QWEN_AUDIO_MODEL")
-    if env:
-        return Path(env)
-    bundled = Path(__file__).parent / "assets" / "demo-model"
-    if (bundled / "config.json").exists():
-        return bundled
-    raise CheckpointError(
-        "no model given: pass a checkpoint folder (LLM(path) / --model DIR) or set QWEN_AUDIO_MODEL"
-    )
+    """The model used when none is given ($QWEN_AUDIO_MODEL, else the demo model), as a path."""
+    return Path(default_model())
 
 
 def load_checkpoint(
@@ -81,11 +73,7 @@ def load_checkpoint(
     for_training: bool = False,
 ) -> Checkpoint:
     """`for_training`: plain `nn.Linear` layers in `dtype` (what PEFT and autograd need)."""
-    path = (
-        default_model_path()
-        if model is None
-        else resolve_model_path(model, allow_download=allow_download)
-    )
+    path = resolve_model_path(default_model(model), allow_download=allow_download)
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' was requested but no CUDA device is available")
     dev = torch.device(device)

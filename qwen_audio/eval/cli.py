@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..config import MODEL_HELP, default_model
+
 
 def add_eval_subcommands(subparsers) -> None:
     """Register `eval run`, `eval score` and `eval tasks` under the main parser's subparsers."""
@@ -23,8 +25,8 @@ def add_eval_subcommands(subparsers) -> None:
     run = sub.add_parser("run", help="predict a benchmark, then score it and write reports")
     run.add_argument("--task", required=True, help="a task name (see `qwen-audio eval tasks`)")
     run.add_argument("--data", required=True, help="data folder or file of the task")
-    source = run.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="checkpoint folder, run with our engine")
+    source = run.add_mutually_exclusive_group()
+    source.add_argument("--model", help=f"{MODEL_HELP}; run with our engine")
     source.add_argument("--server", help="OpenAI-compatible server URL, e.g. http://host:8000/v1")
     run.add_argument("--server-model", help="model name to request (default: the server's first)")
     run.add_argument("--output", required=True, help="folder for predictions and reports")
@@ -100,7 +102,7 @@ def _run(args) -> int:
             args.task,
             args.data,
             args.output,
-            model=args.model,
+            model=None if args.server else str(default_model(args.model)),
             server_url=args.server,
             server_model=args.server_model,
             batch_size=args.batch_size,

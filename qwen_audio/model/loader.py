@@ -39,9 +39,15 @@ def resolve_model_path(model: str | os.PathLike, *, allow_download: bool = False
     path = Path(model).expanduser()
     if path.is_dir():
         return path
+    if path.exists():
+        raise CheckpointError(
+            f"{path} is a file, not a model folder: pass the folder that holds config.json "
+            "and the weights"
+        )
     name = str(model)
     if not HUB_ID.match(name):
         raise CheckpointError(f"model folder not found: {path}")
+    offline = not allow_download or os.environ.get("HF_HUB_OFFLINE") == "1"
     try:
         from huggingface_hub import snapshot_download
 
@@ -49,17 +55,32 @@ def resolve_model_path(model: str | os.PathLike, *, allow_download: bool = False
         cache_dir = os.environ.get("HF_HUB_CACHE")
         if cache_dir is None and os.environ.get("HF_HOME"):
             cache_dir = os.path.join(os.environ["HF_HOME"], "hub")
-        offline = not allow_download or os.environ.get("HF_HUB_OFFLINE") == "1"
         return Path(snapshot_download(name, cache_dir=cache_dir, local_files_only=offline))
     except Exception as err:  # huggingface_hub raises several types for "not cached"
         hf_error = err
     for cached in _modelscope_candidates(name):
         if (cached / "config.json").exists():
             return cached
+    if not offline:
+        raise CheckpointError(
+            f"downloading {name!r} from the Hugging Face hub failed "
+            f"({type(hf_error).__name__}: {_first_line(hf_error)}); check the network and the "
+            "name, or pass a local checkpoint folder"
+        )
+    if allow_download:  # HF_HUB_OFFLINE=1 forbade the download
+        raise CheckpointError(
+            f"{name!r} is not in the Hugging Face / ModelScope cache and HF_HUB_OFFLINE=1 "
+            "forbids downloading it; unset HF_HUB_OFFLINE or pass a local checkpoint folder"
+        )
     raise CheckpointError(
-        f"{name!r} is neither a local folder nor in the Hugging Face / ModelScope cache "
-        f"({type(hf_error).__name__}: {hf_error}). Pass the checkpoint folder with --model."
+        f"{name!r} is neither a local folder nor in the Hugging Face / ModelScope cache; "
+        "pass --allow-download to download it (allow_download=True in Python), or pass a "
+        "local checkpoint folder"
     )
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [""])[0]
 
 
 def _modelscope_candidates(name: str) -> list[Path]:

@@ -16,6 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
+from ..config import MODEL_HELP, default_model
 from .configs import ACCELERATE_CONFIGS, config_path
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ def add_train_subcommands(subparsers) -> None:
         description="With --merge: base + adapter -> a full hub-layout checkpoint. Without: "
         "rewrite the adapter with the names peft uses on transformers 5.",
     )
-    ex.add_argument("--model", required=True, type=Path, help="base checkpoint folder")
+    ex.add_argument("--model", help=f"base {MODEL_HELP}")
     ex.add_argument("--adapter", required=True, type=Path, help="PEFT LoRA adapter folder")
     ex.add_argument("--output", required=True, type=Path, help="folder to write")
     ex.add_argument("--merge", action="store_true", help="write a merged full checkpoint")
@@ -50,7 +51,7 @@ def add_train_subcommands(subparsers) -> None:
 
 
 def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, type=Path, help="base checkpoint folder")
+    p.add_argument("--model", help=f"base {MODEL_HELP}")
     p.add_argument("--data", required=True, type=Path, help="JSONL training rows")
     p.add_argument("--output", required=True, type=Path, help="output folder")
     mode = p.add_mutually_exclusive_group()
@@ -140,7 +141,7 @@ def options_from_args(args: argparse.Namespace):
 
     lr = args.lr if args.lr is not None else (1e-5 if args.full else 1e-4)
     return TrainOptions(
-        model=args.model,
+        model=default_model(args.model),
         data=args.data,
         output=args.output,
         full=args.full,
@@ -204,12 +205,14 @@ def run_finetune(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from ..model.loader import resolve_model_path
     from .export import convert_adapter, export_merged
 
+    model = resolve_model_path(default_model(args.model))
     if args.merge:
-        out = export_merged(args.model, args.adapter, args.output, dtype=args.dtype)
+        out = export_merged(model, args.adapter, args.output, dtype=args.dtype)
     else:
-        out = convert_adapter(args.adapter, args.output, base_model=str(args.model))
+        out = convert_adapter(args.adapter, args.output, base_model=str(args.model or model))
     print(f"wrote {out}")
     return 0
 
