@@ -79,3 +79,44 @@ def test_context_error_is_raised_to_the_caller(checkpoints):
             asyncio.run(main())
     finally:
         engine.shutdown()
+
+
+def test_preparation_runs_on_the_bounded_pool(checkpoints):
+    # decoding, features and tokenizing of concurrent requests: at most prepare_workers at once,
+    # never on the event loop's thread
+    import threading
+    import time
+
+    engine = AsyncLLM(checkpoints("mha"), dtype="float32", prepare_workers=2)
+    render = engine.renderer.render_chat
+    seen = {"now": 0, "most": 0, "threads": set()}
+    lock = threading.Lock()
+
+    def counting_render(messages):
+        with lock:
+            seen["now"] += 1
+            seen["most"] = max(seen["most"], seen["now"])
+            seen["threads"].add(threading.current_thread().name)
+        time.sleep(0.05)  # long enough for the others to pile up
+        try:
+            return render(messages)
+        finally:
+            with lock:
+                seen["now"] -= 1
+
+    engine.renderer.render_chat = counting_render
+    params = SamplingParams(temperature=0.0, max_tokens=2)
+
+    async def one(i):
+        async for _ in engine.stream_chat(conv(0.5, i, "hi"), params):
+            pass
+
+    async def main():
+        await asyncio.gather(*(one(i) for i in range(6)))
+
+    try:
+        asyncio.run(main())
+    finally:
+        engine.shutdown()
+    assert seen["most"] == 2
+    assert all(name.startswith("qwen-audio-prepare") for name in seen["threads"])

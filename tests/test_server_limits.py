@@ -10,7 +10,7 @@ import pytest
 
 from qwen_audio.server.app import create_app
 from qwen_audio.server.settings import ServerSettings
-from tests.fixtures.server_fake_engine import FakeEngine, live_server
+from tests.fixtures.server_fake_engine import FakeEngine, live_server, wav_bytes
 
 
 @pytest.fixture(scope="module")
@@ -132,11 +132,180 @@ def test_every_page_carries_the_security_headers(url):
 
 
 def test_two_files_in_one_upload_are_refused(url):
-    from tests.fixtures.server_fake_engine import wav_bytes
-
     files = [
         ("file", ("a.wav", wav_bytes(0.5), "audio/wav")),
         ("file", ("b.wav", wav_bytes(0.5), "audio/wav")),
     ]
     r = httpx.post(url + "/v1/audio/transcriptions", files=files, data={"model": "m"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "file"
+
+
+# -- audio cost, bounded before decoding (finding 2) -------------------------------------------
+
+
+def b64(data: bytes) -> str:
+    import base64
+
+    return base64.b64encode(data).decode()
+
+
+def chat_audio(data: bytes) -> dict:
+    audio = {"type": "input_audio", "input_audio": {"data": b64(data), "format": "wav"}}
+    return {"model": "m", "messages": [{"role": "user", "content": [audio]}]}
+
+
+def test_a_1_hz_mat4_upload_is_refused_from_its_header(url):
+    from tests.fixtures.hostile_audio import mat4_at_1_hz
+
+    r = post(url, "/v1/chat/completions", chat_audio(mat4_at_1_hz()))
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["code"] == "unsupported_sample_rate" and err["param"] == "messages[0].content[0]"
+    assert "1 Hz" in err["message"] and "--min-sample-rate" in err["message"]
+
+
+def test_many_channels_at_a_high_rate_are_refused_by_their_samples(url):
+    from tests.fixtures.hostile_audio import silent_flac
+
+    # 8 x 96 kHz x 160 s = 123 M samples, over the default 115.2 M (1200 s of 48 kHz stereo),
+    # although 160 s is far within --max-audio-seconds; the transcription endpoint, which has no
+    # context bound, so the samples limit is the one that speaks
+    data = silent_flac(160, channels=8, rate=96_000)
+    files = {"file": ("a.flac", data, "audio/flac")}
+    r = httpx.post(url + "/v1/audio/transcriptions", files=files, data={"model": "m"}, timeout=30)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["code"] == "audio_too_large" and "--max-audio-samples" in err["message"]
+    assert "122,880,000" in err["message"]
+
+
+def test_chat_audio_is_bounded_by_the_context(url):
+    from tests.fixtures.hostile_audio import silent_flac
+
+    # the fake's context of 2048 tokens holds 81.92 s of audio at 25 tokens a second
+    r = post(url, "/v1/chat/completions", chat_audio(silent_flac(90, channels=1, rate=16_000)))
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["code"] == "audio_too_long" and "context of 2,048 tokens" in err["message"]
+    two = chat_audio(silent_flac(50, channels=1, rate=16_000))
+    two["messages"][0]["content"] *= 2  # 50 s fits, 50 + 50 s do not
+    r = post(url, "/v1/chat/completions", two)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages[0].content[1]"
+
+
+def test_an_over_long_stream_is_stopped_while_decoding():
+    from tests.fixtures.hostile_audio import opus_webm
+
+    settings = ServerSettings(max_audio_seconds=10)
+    with live_server(create_app(FakeEngine(), settings)) as u:
+        r = post(u, "/v1/chat/completions", chat_audio(opus_webm(20)))  # no duration in it
+    assert r.status_code == 400 and r.json()["error"]["code"] == "audio_too_long"
+    assert "over 10 s" in r.json()["error"]["message"]
+
+
+def test_decoding_goes_through_the_engines_bounded_pool():
+    engine = FakeEngine(prepare_workers=1)
+    with live_server(create_app(engine, ServerSettings())) as u:
+        assert post(u, "/v1/chat/completions", chat_audio(wav_bytes(0.5))).status_code == 200
+    assert engine.max_preparing == 1
+
+
+# -- file:// names and CORS --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["a%00b", "a.wav%00", "a\ud800b"])
+def test_null_bytes_and_lone_surrogates_in_file_urls_are_a_400(tmp_path, name):
+    (tmp_path / "a.wav").write_bytes(wav_bytes(0.5))
+    settings = ServerSettings(allowed_local_media_paths=[tmp_path])
+    with live_server(create_app(FakeEngine(), settings)) as u:
+        part = {"type": "audio_url", "audio_url": {"url": f"file://{tmp_path}/{name}"}}
+        body = {"model": "m", "messages": [{"role": "user", "content": [part]}]}
+        r = post(u, "/v1/chat/completions", body)
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["param"] == "messages[0].content[0]"
+        part["audio_url"]["url"] = f"file://{tmp_path}/a.wav"
+        assert post(u, "/v1/chat/completions", body).status_code == 200
+
+
+def test_cors_preflights_pass_the_key_check_and_a_401_carries_cors_headers():
+    origin = "http://app.example"
+    settings = ServerSettings(api_key="k", cors_origins=[origin])
+    with live_server(create_app(FakeEngine(), settings)) as u:
+        preflight = httpx.options(
+            u + "/v1/chat/completions",
+            headers={
+                "Origin": origin,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization,content-type",
+            },
+        )
+        assert preflight.status_code == 200
+        assert preflight.headers["access-control-allow-origin"] == origin
+        r = httpx.post(u + "/v1/chat/completions", content=b"{}", headers={"Origin": origin})
+        assert r.status_code == 401 and r.headers["access-control-allow-origin"] == origin
+
+
+# -- slow clients (finding 7) ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def strict_url():
+    settings = ServerSettings(read_timeout_s=0.5, min_body_rate=64 * 1024)
+    with live_server(create_app(FakeEngine(), settings)) as u:
+        yield u
+
+
+def raw_request(url: str, head: bytes, body_pieces=(), pause: float = 0.0) -> bytes:
+    """Sends `head` and the body pieces `pause` apart; returns all the server sent until it
+    closed the connection (the socket's own timeout, 20 s, fails a server that never does)."""
+    import socket
+
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=20) as sock:
+        sock.sendall(head)
+        for piece in body_pieces:
+            time.sleep(pause)
+            try:
+                sock.sendall(piece)
+            except OSError:  # closed on us: what the test wants to see
+                break
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        return answer
+
+
+def post_head(length: int) -> bytes:
+    return (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % length
+    )
+
+
+def test_a_content_length_larger_than_the_body_gets_a_408_and_a_closed_connection(strict_url):
+    answer = raw_request(strict_url, post_head(1000) + b'{"model": "m"')
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b"--read-timeout" in answer and b"connection: close" in answer.lower()
+
+
+def test_a_trickled_body_is_cut_off_by_the_minimum_rate(strict_url):
+    # each piece arrives within the read timeout, but 1 byte per 0.2 s is far below 64 KB/s
+    pieces = [b" "] * 40
+    answer = raw_request(strict_url, post_head(len(pieces)), pieces, pause=0.2)
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b"--min-body-rate" in answer
+
+
+def test_trickled_or_unfinished_headers_are_cut_off(strict_url):
+    assert raw_request(strict_url, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n") == b""
+    trickle = [b"X-Slow: " + b"a" * 10, b"a" * 10, b"a" * 10, b"a" * 10, b"\r\n\r\n"]
+    answer = raw_request(strict_url, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n", trickle, 0.2)
+    assert answer == b""  # closed before the head was complete (0.8 s > 0.5 s)
+    assert httpx.get(strict_url + "/health").status_code == 200  # still serving
+
+
+def test_a_body_that_is_not_read_cannot_hold_the_connection(strict_url):
+    # a 404 answered without reading the body; the rest of the body then trickles in
+    head = b"POST /nowhere HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n"
+    answer = raw_request(strict_url, head, [b"x"] * 20, pause=0.1)
+    assert answer.startswith(b"HTTP/1.1 404")  # and then the connection was closed

@@ -215,3 +215,11 @@ def test_special_token_list_is_the_real_order():
         "<|audio_bos|>",
         "<|audio_eos|>",
     )
+
+
+def test_long_texts_take_the_gil_free_path_with_the_same_ids(tok):
+    from qwen_audio.tokenizer import GIL_FREE_CHARS
+
+    text = "".join(TRICKY) * (GIL_FREE_CHARS // max(1, len("".join(TRICKY))) + 2)
+    assert len(text) > GIL_FREE_CHARS
+    assert tok.encode(text) == tok._tok.encode(text, add_special_tokens=False).ids
