@@ -3,8 +3,8 @@
 The step is what `qwen-audio finetune --full --train-projector --bf16` does: the audio encoder
 frozen, projector and decoder trained, bf16 autocast, AdamW. Ours packs the conversations and
 encodes each clip at its own length; transformers pads them, as its processor does (every clip
-to 30 s of features). The batch: `--batch` conversations, each a 2-5 s clip (the tests' seeded
-noise and tone: only speed matters here), a question and a one-sentence answer. Needs transformers (dev
+to 30 s of features). The batch: `--batch` conversations, each a 2-5 s clip (the benchmarks'
+seeded noise and tone: only speed matters here), a question and a one-sentence answer. Needs transformers (dev
 extra). Prints seconds per step and the ratio; the last line is JSON.
 
     python benchmarks/train_step.py [MODEL] [--batch 16] [--steps 5]
@@ -17,16 +17,12 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from tests.conftest import noise_clip  # noqa: E402
+from qwen_audio.bench.workloads import clip as noise_clip
 
 ANSWERS = [
     "The dog ate my sandwich on the way to school.",

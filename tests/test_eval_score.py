@@ -7,8 +7,9 @@ import json
 import pytest
 
 from qwen_audio.eval import metrics
+from qwen_audio.eval.cli import score_file
 from qwen_audio.eval.data import load_rows
-from qwen_audio.eval.score import read_predictions, score_file, score_predictions
+from qwen_audio.eval.score import read_predictions, score_predictions
 from qwen_audio.eval.tasks import (
     COVOST2_PAIRS,
     TASKS,

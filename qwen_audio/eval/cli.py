@@ -1,4 +1,5 @@
-"""`qwen-audio eval ...` argument parsing and dispatch (the work is in runner.py / score.py).
+"""`qwen-audio eval ...`: argument parsing and the commands (the work is in runner.py, score.py
+and report.py).
 
 The main CLI calls `add_eval_subcommands(subparsers)` and then `args.func(args)`, which returns
 the exit code.
@@ -7,9 +8,17 @@ the exit code.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
 
 from ..config import MODEL_HELP, default_model
+
+if TYPE_CHECKING:
+    from .score import ScoreReport
+    from .tasks import Task
 
 
 def add_eval_subcommands(subparsers) -> None:
@@ -121,7 +130,6 @@ def _run(args) -> int:
 
 
 def _score(args) -> int:
-    from .score import score_file
     from .tasks import get_task
 
     return _guard(
@@ -142,6 +150,34 @@ def _tasks(args) -> int:
             print(task.data_help() + "\n")
 
     return _guard(show)
+
+
+def score_file(
+    task: Task | str,
+    predictions: str | os.PathLike,
+    *,
+    judge=None,
+    output_dir: str | os.PathLike | None = None,
+    stream: TextIO | None = None,
+) -> ScoreReport:
+    """`qwen-audio eval score`: print the table, and as the last line one JSON object
+    {source: metric}. With `output_dir`, also write metrics.json, report.md and report.png."""
+    from .report import format_table, write_reports
+    from .score import read_predictions, score_report
+
+    stream = stream or sys.stdout
+    rows = read_predictions(predictions)
+    cache = Path(output_dir) / "judge.jsonl" if output_dir is not None else None
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+    report = score_report(task, rows, judge=judge, judge_cache=cache, progress=True)
+    if output_dir is not None:
+        write_reports(report, output_dir)
+    print(format_table(report), file=stream)
+    if report.judge is not None and report.judge.failed:
+        print(f"judge: {report.judge.failed} judgements failed and were left out", file=stream)
+    print(json.dumps(report.values(), ensure_ascii=False), file=stream, flush=True)
+    return report
 
 
 def _guard(fn) -> int:

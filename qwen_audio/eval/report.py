@@ -1,4 +1,4 @@
-"""Result files of an evaluation: metrics.json, report.md and report.png."""
+"""How scores are shown: the Markdown table, metrics.json, report.md and report.png."""
 
 from __future__ import annotations
 
@@ -7,8 +7,43 @@ import os
 import time
 from pathlib import Path
 
-from .score import ScoreReport, display_value, format_table
+from .score import ScoreReport
 from .tasks import LOWER_IS_BETTER
+
+
+def display_value(metric: str, value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    if metric in ("wer", "cer"):
+        return f"{100 * value:.2f}%"
+    if metric in ("acc", "choice_acc"):
+        return f"{value:.4f}"
+    return f"{value:.2f}"
+
+
+def _delta(metric: str, d: float) -> str:
+    if metric in ("wer", "cer"):
+        return f"{100 * d:+.2f}"  # percentage points
+    if metric in ("acc", "choice_acc"):
+        return f"{d:+.4f}"
+    return f"{d:+.2f}"
+
+
+def format_table(report: ScoreReport) -> str:
+    """A Markdown table of our scores beside the published ones."""
+    task = report.task
+    label = task.metric_label
+    lines = [
+        f"| source | n | {label} | published | Δ |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for s in report.scores:
+        pub = task.published_for(s.source)
+        published = display_value(task.metric, pub.value) if pub else ""
+        delta = _delta(task.metric, s.value - pub.value) if pub and s.value is not None else ""
+        lines.append(f"| {s.source} | {s.n} | {display_value(task.metric, s.value)} | "
+                     f"{published} | {delta} |")  # fmt: skip
+    return "\n".join(lines)
 
 
 def metrics_dict(report: ScoreReport, **meta) -> dict:

@@ -286,8 +286,8 @@ def _predict_shard(predictor, requests: list[EvalRequest], rows: dict[str, EvalR
 
 
 def _score_and_report(spec, rows, out, judge, model_name, progress) -> dict | None:
-    from .report import write_reports
-    from .score import format_table, score_report
+    from .report import format_table, write_reports
+    from .score import score_report
 
     if spec.metric == "judge" and judge is None:
         print(

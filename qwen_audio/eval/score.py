@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
 
 from . import metrics
 from .tasks import Task, get_task
@@ -157,68 +155,3 @@ def score_predictions(task: Task | str, rows: list[dict], *, judge=None) -> dict
     """{source: metric}: WER/CER and accuracy as fractions, BLEU as sacrebleu's 0..100 score,
     AIR-Bench chat as the judge's 1..10 score per category. None: not defined for that source."""
     return score_report(task, rows, judge=judge).values()
-
-
-# --------------------------------------------------------------------------- presentation
-
-
-def display_value(metric: str, value: float | None) -> str:
-    if value is None:
-        return "n/a"
-    if metric in ("wer", "cer"):
-        return f"{100 * value:.2f}%"
-    if metric in ("acc", "choice_acc"):
-        return f"{value:.4f}"
-    return f"{value:.2f}"
-
-
-def _delta(metric: str, d: float) -> str:
-    if metric in ("wer", "cer"):
-        return f"{100 * d:+.2f}"  # percentage points
-    if metric in ("acc", "choice_acc"):
-        return f"{d:+.4f}"
-    return f"{d:+.2f}"
-
-
-def format_table(report: ScoreReport) -> str:
-    """A Markdown table of our scores beside the published ones."""
-    task = report.task
-    label = task.metric_label
-    lines = [
-        f"| source | n | {label} | published | Δ |",
-        "| --- | ---: | ---: | ---: | ---: |",
-    ]
-    for s in report.scores:
-        pub = task.published_for(s.source)
-        published = display_value(task.metric, pub.value) if pub else ""
-        delta = _delta(task.metric, s.value - pub.value) if pub and s.value is not None else ""
-        lines.append(f"| {s.source} | {s.n} | {display_value(task.metric, s.value)} | "
-                     f"{published} | {delta} |")  # fmt: skip
-    return "\n".join(lines)
-
-
-def score_file(
-    task: Task | str,
-    predictions: str | os.PathLike,
-    *,
-    judge=None,
-    output_dir: str | os.PathLike | None = None,
-    stream: TextIO | None = None,
-) -> ScoreReport:
-    """`qwen-audio eval score`: print the table, and as the last line one JSON object
-    {source: metric}. With `output_dir`, also write metrics.json, report.md and report.png."""
-    stream = stream or sys.stdout
-    rows = read_predictions(predictions)
-    cache = Path(output_dir) / "judge.jsonl" if output_dir is not None else None
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-    report = score_report(task, rows, judge=judge, judge_cache=cache, progress=True)
-    if output_dir is not None:
-        from .report import write_reports
-
-        write_reports(report, output_dir)
-    print(format_table(report), file=stream)
-    if report.judge is not None and report.judge.failed:
-        print(f"judge: {report.judge.failed} judgements failed and were left out", file=stream)
-    print(json.dumps(report.values(), ensure_ascii=False), file=stream, flush=True)
-    return report
