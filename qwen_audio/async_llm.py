@@ -25,6 +25,7 @@ from .sampling import SamplingParams
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+MAX_FAILED_STEPS = 3  # engine steps failing in a row: the engine is broken, not one request
 
 
 @dataclass
@@ -63,6 +64,7 @@ class AsyncLLM(EngineFrontend):
         self._streams_lock = threading.Lock()
         self._wake = threading.Event()
         self._closed = False
+        self._broken: Exception | None = None  # why the engine thread stopped, if it did
         self._thread = threading.Thread(target=self._loop, name="qwen-audio-engine", daemon=True)
         self._thread.start()
 
@@ -116,6 +118,10 @@ class AsyncLLM(EngineFrontend):
             self._streams[rid] = stream
         finished = False
         try:
+            if self._broken is not None:  # checked after registering: see _stop
+                raise RuntimeError(
+                    f"the engine stopped after repeated failures ({self._broken}); restart it"
+                )
             self.engine.add_request(req)  # raises ContextLengthError before anything runs
             self._wake.set()
             while True:
@@ -164,6 +170,7 @@ class AsyncLLM(EngineFrontend):
 
     # ---- the engine thread --------------------------------------------------------------
     def _loop(self) -> None:
+        failed = 0
         while not self._closed:
             if not self.engine.has_work():
                 self._wake.wait(timeout=1.0)
@@ -172,9 +179,14 @@ class AsyncLLM(EngineFrontend):
             try:
                 outputs = self.engine.step()
             except Exception as err:  # a bug or OOM: fail the running requests, keep serving
-                log.exception("engine step failed")
-                self._fail_all(err)
+                failed += 1
+                log.exception("engine step failed (%d in a row)", failed)
+                if not self._fail_all(err) or failed >= MAX_FAILED_STEPS:
+                    # Stepping a broken engine again would only fail again, in a busy loop.
+                    self._stop(err)
+                    return
                 continue
+            failed = 0
             for out in outputs:
                 with self._streams_lock:
                     stream = self._streams.get(out.request_id)
@@ -185,7 +197,14 @@ class AsyncLLM(EngineFrontend):
                     self.engine.abort(out.request_id)  # a stop string ended it first
                 stream.loop.call_soon_threadsafe(stream.queue.put_nowait, delta)
 
-    def _fail_all(self, err: Exception) -> None:
+    def _stop(self, err: Exception) -> None:
+        """The engine cannot recover: refuse new requests and fail every waiting one."""
+        log.error("the engine stopped after repeated failures (%s); new requests are refused", err)
+        self._broken = err  # set first: a stream registered after the next line sees it
+        self._fail_all(err, clean=False)
+
+    def _fail_all(self, err: Exception, *, clean: bool = True) -> bool:
+        """Fail the running requests; False when the engine could not release them either."""
         with self._streams_lock:
             streams = list(self._streams.items())
         for rid, stream in streams:
@@ -193,7 +212,11 @@ class AsyncLLM(EngineFrontend):
             stream.loop.call_soon_threadsafe(
                 stream.queue.put_nowait, RuntimeError(f"generation failed: {err}")
             )
+        if not clean:
+            return False
         try:
             self.engine.step()  # apply the aborts so the memory is released
         except Exception:
             log.exception("engine cleanup failed")
+            return False
+        return True

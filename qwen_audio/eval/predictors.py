@@ -97,11 +97,19 @@ class ServerPredictor:
         self.model = model or self._served_model()
 
     def _served_model(self) -> str:
+        """The first model the server lists; an unreachable server or an odd answer is an error
+        here, once, rather than a placeholder name that every request would then send."""
+        import httpx
+
+        url = endpoint(self.url, "/models")
         try:
-            listing = self.client.get(endpoint(self.url, "/models")).json()
-            return str(listing["data"][0]["id"])
-        except Exception:  # noqa: BLE001 - any server: fall back to a placeholder name
-            return "default"
+            response = self.client.get(url)
+            response.raise_for_status()
+            return str(response.json()["data"][0]["id"])
+        except (httpx.HTTPError, KeyError, IndexError, TypeError, ValueError) as err:
+            raise ValueError(
+                f"{url} did not list a model ({type(err).__name__}: {err}); pass --server-model"
+            ) from None
 
     def predict_one(self, request: EvalRequest) -> str:
         audio = {"data": wav_base64(request.audio), "format": "wav"}

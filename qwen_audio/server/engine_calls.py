@@ -142,10 +142,8 @@ class Admission:
         self.in_flight = 0
 
     def running(self) -> int:
-        try:
-            return int(self.engine.stats().get("running", 0))
-        except Exception:
-            return 0
+        # No fallback: a wrong count here would silently turn the queue limit off or on.
+        return int(self.engine.stats()["running"])
 
     def admit(self) -> Slot:
         waiting = self.in_flight - self.running()
