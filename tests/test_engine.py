@@ -56,18 +56,21 @@ def test_requests_join_a_running_batch_and_match_solo_runs(checkpoints):
     assert tokens["b"] == solo.chat(conv(6.0, 2), p)[0].token_ids
 
 
-def test_kv_budget_limits_admission_without_failing(checkpoints):
+def test_kv_budget_limits_admission_and_the_real_buffers(checkpoints):
     path = checkpoints("mha")
-    probe = LLM(path, dtype="float32")
+    probe = LLM(path, dtype="float32", engine_config=EngineConfig(enable_prefix_cache=False))
+    max_tokens = 80  # past the first 64 tokens of room: every cache buffer grows while decoding
     prompt_len = len(probe.renderer.render_chat(conv(1.0, 0)).token_ids)
-    per_request = (prompt_len + 8) * probe.engine.bytes_per_token
+    per_request = (prompt_len + max_tokens) * probe.engine.bytes_per_token
     budget = int(per_request * 2.5)  # room for two requests at a time
-    llm = LLM(path, dtype="float32", engine_config=EngineConfig(kv_budget_bytes=budget))
+    config = EngineConfig(kv_budget_bytes=budget, enable_prefix_cache=False)
+    llm = LLM(path, dtype="float32", engine_config=config)
     engine = llm.engine
     ids = {f"r{i}" for i in range(5)}
     for rid in sorted(ids):
-        engine.add_request(request(llm, rid, conv(1.0, 0), 8))
+        engine.add_request(request(llm, rid, conv(1.0, 0), max_tokens))
     most_running = 0
+    largest_buffer = 0
     tokens = {i: [] for i in ids}
     done = set()
     while done != ids:
@@ -76,9 +79,13 @@ def test_kv_budget_limits_admission_without_failing(checkpoints):
             if o.finished:
                 done.add(o.request_id)
         most_running = max(most_running, len(engine.running))
-        assert engine.reserved <= budget
+        # The memory really held, not the engine's own count of it.
+        buffers = [s.cache.nbytes for s in engine.running if s.cache is not None]
+        largest_buffer = max([largest_buffer] + buffers)
+        assert sum(buffers) + engine.audio_cache.nbytes <= budget
     assert most_running == 2
-    assert all(len(t) == 8 for t in tokens.values())
+    assert largest_buffer > (prompt_len + 64) * engine.bytes_per_token  # the buffers did grow
+    assert all(len(t) == max_tokens for t in tokens.values())
 
 
 def test_request_larger_than_the_budget_is_refused(checkpoints):

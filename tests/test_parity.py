@@ -74,9 +74,9 @@ def assert_same_greedy(ours: list[int], ref: list[int], margins: list[float]) ->
         if a != b:
             assert margins[i] < MARGIN_TOL, f"step {i}: {a} != {b} with margin {margins[i]:.2e}"
             return i
-    # The reference stops at eos; so must we.
-    assert len(ours) == len(ref) or ours[: len(ref)] == ref
-    return min(len(ours), len(ref))
+    # Every token agreed: the reference stops at eos or at max_tokens, and so must we.
+    assert len(ours) == len(ref), f"ours has {len(ours)} tokens, the reference {len(ref)}"
+    return len(ref)
 
 
 def audio_conv(*clips, text=None, system=None):
@@ -167,7 +167,7 @@ def test_batch_equals_single_and_left_padded_reference(checkpoints):
     for ours, r, m in zip(batched, ref_tokens, margins):
         eos = ref.generation_config.pad_token_id
         r = r[: r.index(eos) + 1] if eos in r[:-1] else r  # the reference pads finished rows
-        assert_same_greedy(ours.token_ids, r, m)
+        assert assert_same_greedy(ours.token_ids, r, m) >= min(8, len(r))
 
 
 def test_raw_base_prompt_matches(checkpoints):

@@ -171,6 +171,8 @@ class LLMEngine:
 
     def _attach_cache(self, seq: Sequence) -> None:
         seq.cache = self.model.new_cache(capacity=len(seq.prompt_ids) + min(seq.max_new, 64))
+        # Its buffer stays within what _admit reserved for it, so the budget bounds real memory.
+        seq.cache.max_capacity = len(seq.prompt_ids) + seq.max_new
         if not self.config.enable_prefix_cache:
             return
         hashes = seq.block_hashes(self.config.block_size)

@@ -37,6 +37,9 @@ class KVCache:
         self.dtype = dtype
         self.device = torch.device(device)
         self.length = 0
+        # Growth never passes this many tokens (the engine sets what its memory budget reserved
+        # for the sequence); None: no bound.
+        self.max_capacity: int | None = None
         self.buffer = self._alloc(capacity)
 
     def _alloc(self, capacity: int) -> torch.Tensor:
@@ -56,11 +59,15 @@ class KVCache:
         return self.buffer.numel() * self.buffer.element_size()
 
     def reserve(self, new_tokens: int) -> None:
-        """Make room for `new_tokens` more; grows by at least 1.5x so appends stay amortised O(1)."""
+        """Make room for `new_tokens` more; grows by at least 1.5x so appends stay amortised O(1),
+        but not past `max_capacity` unless `new_tokens` themselves need it."""
         need = self.length + new_tokens
         if need <= self.capacity:
             return
-        grown = self._alloc(max(need, self.capacity * 3 // 2, 16))
+        size = max(need, self.capacity * 3 // 2, 16)
+        if self.max_capacity is not None:
+            size = max(need, min(size, self.max_capacity))
+        grown = self._alloc(size)
         grown[:, :, :, : self.length] = self.buffer[:, :, :, : self.length]
         self.buffer = grown
 
