@@ -142,13 +142,23 @@ def quantize(llama_quantize: str, src: Path, dst: Path, qtype: str, threads: int
     return dst
 
 
+def decode_bytes(model: Path) -> int:
+    """Bytes of weights one decoded token reads from a GGUF file: every tensor but the
+    embedding table, of which a lookup reads one row. (llama.cpp keeps the output head of a
+    Q4_0 file in Q6_K, so this is not what our int4 reads.)"""
+    import gguf
+
+    reader = gguf.GGUFReader(str(model))
+    return sum(int(t.n_bytes) for t in reader.tensors if t.name != "token_embd.weight")
+
+
 def bench(llama_bench: str, model: Path, *, threads: int, prompt: int, gen: int, reps: int) -> dict:
     """llama-bench's prompt processing and generation rates (tokens/s) for one file."""
     cmd = [llama_bench, "-m", str(model), "-t", str(threads), "-p", str(prompt), "-n", str(gen)]
     cmd += ["-r", str(reps), "-o", "json"]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     rows = json.loads(out)
-    result = {"file_bytes": model.stat().st_size}
+    result = {"file_bytes": model.stat().st_size, "weight_bytes_per_token": decode_bytes(model)}
     for row in rows:
         key = "prefill_tok_s" if row.get("n_prompt", 0) > 0 else "decode_tok_s"
         result[key] = float(row["avg_ts"])

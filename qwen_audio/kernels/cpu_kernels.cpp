@@ -308,7 +308,10 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch
   const float* xp = xc.data_ptr<float>();
   float* yp = y.data_ptr<float>();
 #if defined(QWEN_AUDIO_X86)
-  if (isa == kAvx2 && (format == kQ8 || format == kQ4)) {
+  // int8/int4 on every x86 instruction set: widening each weight to float32 (the AVX-512 body)
+  // is compute bound on 2 cores, the int8-input dot products keep up with memory (7B int4
+  // decode on AVX-512: 4.8 tok/s through floats; see the README for the int8-input figure).
+  if (isa != kNeon && isa != kNone && (format == kQ8 || format == kQ4)) {
     auto xq = torch::empty({M, K}, torch::dtype(torch::kChar));
     auto d = torch::empty({M, K / kGroup}, xc.options());
     auto off = torch::empty({M, K / kGroup}, xc.options());

@@ -83,6 +83,10 @@ class PackedLinear(nn.Module):
         rows = flat.shape[0]
         if self.kernels is not None and rows <= K.MAX_ROWS and not torch.is_grad_enabled():
             y = self._decode(flat)
+        elif self.format == "bf16" and flat.dtype == torch.bfloat16:
+            # the native bf16 GEMM reads the bf16 weight directly, its bias fused as nn.Linear's
+            y = F.linear(flat, self.weight, self.bias)
+            return y.reshape(*x.shape[:-1], self.out_features)
         else:
             y = self._tiled_matmul(flat)
         y = y.to(dtype)
@@ -100,8 +104,6 @@ class PackedLinear(nn.Module):
 
     def _tiled_matmul(self, flat: torch.Tensor) -> torch.Tensor:
         compute = flat.dtype if flat.dtype in (torch.float32, torch.bfloat16) else torch.float32
-        if self.format == "bf16" and compute == torch.bfloat16:
-            return F.linear(flat, self.weight)  # the native bf16 GEMM reads bf16 directly
         flat = flat.to(compute)
         N = self.out_features
         tile = max(16, TILE_FLOATS // self.in_features)
