@@ -11,7 +11,7 @@ import soundfile as sf
 import soxr
 
 from qwen_audio.audio_io import SAMPLE_RATE, AudioError, AudioLimitError, AudioLimits, load_audio
-from tests.fixtures import hostile_audio as hostile
+from qwen_audio.bench import hostile_audio as hostile
 
 SERVER = AudioLimits(max_seconds=1200, max_samples=115_200_000)  # the server's defaults
 

@@ -155,7 +155,7 @@ def chat_audio(data: bytes) -> dict:
 
 
 def test_a_1_hz_mat4_upload_is_refused_from_its_header(url):
-    from tests.fixtures.hostile_audio import mat4_at_1_hz
+    from qwen_audio.bench.hostile_audio import mat4_at_1_hz
 
     r = post(url, "/v1/chat/completions", chat_audio(mat4_at_1_hz()))
     assert r.status_code == 400, r.text
@@ -165,7 +165,7 @@ def test_a_1_hz_mat4_upload_is_refused_from_its_header(url):
 
 
 def test_many_channels_at_a_high_rate_are_refused_by_their_samples(url):
-    from tests.fixtures.hostile_audio import silent_flac
+    from qwen_audio.bench.hostile_audio import silent_flac
 
     # 8 x 96 kHz x 160 s = 123 M samples, over the default 115.2 M (1200 s of 48 kHz stereo),
     # although 160 s is far within --max-audio-seconds; the transcription endpoint, which has no
@@ -175,12 +175,12 @@ def test_many_channels_at_a_high_rate_are_refused_by_their_samples(url):
     r = httpx.post(url + "/v1/audio/transcriptions", files=files, data={"model": "m"}, timeout=30)
     assert r.status_code == 400, r.text
     err = r.json()["error"]
-    assert err["code"] == "audio_too_large" and "--max-audio-samples" in err["message"]
+    assert err["code"] == "too_many_samples" and "--max-audio-samples" in err["message"]
     assert "122,880,000" in err["message"]
 
 
 def test_chat_audio_is_bounded_by_the_context(url):
-    from tests.fixtures.hostile_audio import silent_flac
+    from qwen_audio.bench.hostile_audio import silent_flac
 
     # the fake's context of 2048 tokens holds 81.92 s of audio at 25 tokens a second
     r = post(url, "/v1/chat/completions", chat_audio(silent_flac(90, channels=1, rate=16_000)))
@@ -194,7 +194,7 @@ def test_chat_audio_is_bounded_by_the_context(url):
 
 
 def test_an_over_long_stream_is_stopped_while_decoding():
-    from tests.fixtures.hostile_audio import opus_webm
+    from qwen_audio.bench.hostile_audio import opus_webm
 
     settings = ServerSettings(max_audio_seconds=10)
     with live_server(create_app(FakeEngine(), settings)) as u:

@@ -198,7 +198,7 @@ class RequestMedia:
 
 LIMIT_OPTIONS = {  # AudioLimitError.limit -> (the server option that sets it, error code)
     "max_seconds": ("--max-audio-seconds", "audio_too_long"),
-    "max_samples": ("--max-audio-samples", "audio_too_large"),
+    "max_samples": ("--max-audio-samples", "too_many_samples"),
     "sample_rate": ("--min-sample-rate, --max-sample-rate", "unsupported_sample_rate"),
     "max_channels": ("", "too_many_channels"),
 }
