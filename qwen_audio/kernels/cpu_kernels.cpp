@@ -82,31 +82,37 @@ inline __m256 dot_u8_s8(__m256i u, __m256i s) {  // 32 byte products -> 8 float 
   return _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
 }
 
-inline __m256i q4_nibbles(const uint8_t* p) {  // 16 bytes -> 32 unsigned nibbles in order
+inline __m256i int_weights_q4(const uint8_t* p) {  // 16 bytes -> 32 unsigned nibbles in order
   const __m128i b = _mm_loadu_si128((const __m128i*)p);
-  const __m128i mask = _mm_set1_epi8(0x0F);
-  return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(b, 4), mask), _mm_and_si128(b, mask));
+  const __m256i both = _mm256_set_m128i(_mm_srli_epi16(b, 4), b);
+  return _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
 }
 
-// One group of 32 weights (unsigned nibbles for q4, |w| for q8) times row m's inputs, into acc.
-template <bool kQ4Format>
-inline void int_group(__m256i u, __m256i wsigned, float dw, const QuantizedRows& x, int64_t K,
-                      int64_t groups, int m, int64_t g, __m256& acc, float& zero_point) {
-  __m256i xv = _mm256_loadu_si256((const __m256i*)(x.q + m * K + g * kGroup));
-  if constexpr (!kQ4Format) xv = _mm256_sign_epi8(xv, wsigned);  // the weight's sign
-  const __m256 scale = _mm256_set1_ps(dw * x.d[m * groups + g]);
-  acc = _mm256_fmadd_ps(dot_u8_s8(u, xv), scale, acc);
-  if constexpr (kQ4Format) zero_point += dw * x.off[m * groups + g];
-}
+constexpr int64_t kMaxGroups = 1024;  // K <= 32768 in this path (Qwen2-Audio's widest is 11008)
 
-template <bool kQ4Format>
-inline __m256i int_weights(const uint8_t* row, int64_t g, __m256i& wsigned) {
-  if constexpr (kQ4Format) {
-    return q4_nibbles(row + g * (kGroup / 2));
-  } else {
-    wsigned = _mm256_loadu_si256((const __m256i*)(row + g * kGroup));
-    return _mm256_sign_epi8(wsigned, wsigned);  // |w|; the sign moves onto the inputs
+// The per-group work is the bottleneck on 2 cores (the weights stream at ~20 GB/s per core), so
+// everything that does not need the weights' bytes leaves the group loop: the combined scales
+// (weight scale x input scale) of a row are made 8 groups at a time before it, and int4's zero
+// point (8 x scale x the inputs' sum per group) is one vector dot product after it.
+inline void combined_scales(const uint16_t* ws, const float* xd, int64_t groups, float* out) {
+  int64_t g = 0;
+  for (; g + 8 <= groups; g += 8) {
+    const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(ws + g)));
+    _mm256_storeu_ps(out + g, _mm256_mul_ps(dw, _mm256_loadu_ps(xd + g)));
   }
+  for (; g < groups; g++) out[g] = _cvtsh_ss(ws[g]) * xd[g];
+}
+
+inline float zero_point(const uint16_t* ws, const float* off, int64_t groups) {
+  __m256 acc = _mm256_setzero_ps();
+  int64_t g = 0;
+  for (; g + 8 <= groups; g += 8) {
+    const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(ws + g)));
+    acc = _mm256_fmadd_ps(dw, _mm256_loadu_ps(off + g), acc);
+  }
+  float total = V::hsum(acc);
+  for (; g < groups; g++) total += _cvtsh_ss(ws[g]) * off[g];
+  return total;
 }
 
 // Two accumulators per row, even and odd groups (unrolled by two, so both stay in registers),
@@ -116,36 +122,39 @@ void int_rows(const uint8_t* w, const uint16_t* s, const QuantizedRows& x, int64
               int64_t N, int64_t n0, int64_t n1) {
   const int64_t groups = K / kGroup;
   const int64_t row_bytes = kQ4Format ? K / 2 : K;
+  alignas(32) float scale[MR][kMaxGroups];
   for (int64_t n = n0; n < n1; n++) {
-    __m256 even[MR], odd[MR];
-    float zero_point[MR];
-    for (int m = 0; m < MR; m++) {
-      even[m] = odd[m] = _mm256_setzero_ps();
-      zero_point[m] = 0.0f;
-    }
     const uint8_t* row = w + n * row_bytes;
-    const uint16_t* scales = s + n * groups;
+    const uint16_t* ws = s + n * groups;
+    __m256 even[MR], odd[MR];
+    for (int m = 0; m < MR; m++) {
+      combined_scales(ws, x.d + m * groups, groups, scale[m]);
+      even[m] = odd[m] = _mm256_setzero_ps();
+    }
+    const auto group = [&](int64_t g, __m256* acc) {
+      __m256i u, sign;
+      if constexpr (kQ4Format) {
+        u = int_weights_q4(row + g * (kGroup / 2));
+      } else {
+        sign = _mm256_loadu_si256((const __m256i*)(row + g * kGroup));
+        u = _mm256_sign_epi8(sign, sign);  // |w|; the sign moves onto the inputs
+      }
+      for (int m = 0; m < MR; m++) {
+        __m256i xv = _mm256_loadu_si256((const __m256i*)(x.q + m * K + g * kGroup));
+        if constexpr (!kQ4Format) xv = _mm256_sign_epi8(xv, sign);
+        acc[m] = _mm256_fmadd_ps(dot_u8_s8(u, xv), _mm256_broadcast_ss(&scale[m][g]), acc[m]);
+      }
+    };
     int64_t g = 0;
     for (; g + 1 < groups; g += 2) {
-      __m256i ws0 = _mm256_setzero_si256(), ws1 = _mm256_setzero_si256();
-      const __m256i u0 = int_weights<kQ4Format>(row, g, ws0);
-      const __m256i u1 = int_weights<kQ4Format>(row, g + 1, ws1);
-      const float d0 = _cvtsh_ss(scales[g]), d1 = _cvtsh_ss(scales[g + 1]);
-      for (int m = 0; m < MR; m++) {
-        int_group<kQ4Format>(u0, ws0, d0, x, K, groups, m, g, even[m], zero_point[m]);
-        int_group<kQ4Format>(u1, ws1, d1, x, K, groups, m, g + 1, odd[m], zero_point[m]);
-      }
+      group(g, even);
+      group(g + 1, odd);
     }
-    if (g < groups) {
-      __m256i ws = _mm256_setzero_si256();
-      const __m256i u = int_weights<kQ4Format>(row, g, ws);
-      const float d = _cvtsh_ss(scales[g]);
-      for (int m = 0; m < MR; m++) {
-        int_group<kQ4Format>(u, ws, d, x, K, groups, m, g, even[m], zero_point[m]);
-      }
-    }
+    if (g < groups) group(g, even);
     for (int m = 0; m < MR; m++) {
-      y[m * N + n] = V::hsum(_mm256_add_ps(even[m], odd[m])) - zero_point[m];
+      float sum = V::hsum(_mm256_add_ps(even[m], odd[m]));
+      if constexpr (kQ4Format) sum -= zero_point(ws, x.off + m * groups, groups);
+      y[m * N + n] = sum;
     }
   }
 }
@@ -311,7 +320,8 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch
   // int8/int4 on every x86 instruction set: widening each weight to float32 (the AVX-512 body)
   // is compute bound on 2 cores, the int8-input dot products keep up with memory (7B int4
   // decode on AVX-512: 4.8 tok/s through floats; see the README for the int8-input figure).
-  if (isa != kNeon && isa != kNone && (format == kQ8 || format == kQ4)) {
+  if (isa != kNeon && isa != kNone && (format == kQ8 || format == kQ4) &&
+      K <= avx2::kMaxGroups * kGroup) {
     auto xq = torch::empty({M, K}, torch::dtype(torch::kChar));
     auto d = torch::empty({M, K / kGroup}, xc.options());
     auto off = torch::empty({M, K / kGroup}, xc.options());
