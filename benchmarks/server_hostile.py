@@ -33,6 +33,7 @@ from qwen_audio.bench.hostile_audio import tone_wav
 
 KEY = "bench-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
+AUTH_LINE = f"Authorization: Bearer {KEY}\r\n".encode()
 DEMO = Path(hostile.__file__).resolve().parents[1] / "assets" / "demo-model"
 
 
@@ -163,7 +164,14 @@ def measure(url: str, pid: int, media: Path, out: str) -> int:
             "/v1/chat/completions",
             chat("word " * 6553),
         ),
-        "80 s WAV (accepted)": ("/v1/chat/completions", chat([audio_part(tone_wav(80.0))])),
+        "80 s WAV + 30,000 characters (prepared, then over the context)": (
+            "/v1/chat/completions",
+            chat([audio_part(tone_wav(80.0)), {"type": "text", "text": "word " * 6000}]),
+        ),
+        "80 s WAV (accepted; the engine prefills 2,000 tokens)": (
+            "/v1/chat/completions",
+            chat([audio_part(tone_wav(80.0))]),
+        ),
     }
     stream = Stream(url)
     stream.start()
@@ -212,9 +220,9 @@ def measure(url: str, pid: int, media: Path, out: str) -> int:
             print(rows[-1], flush=True)
     for name, head, pieces, pause in (
         ("Content-Length 1000, 13 bytes sent", b"POST /v1/chat/completions HTTP/1.1\r\n"
-         b"Host: 127.0.0.1\r\nContent-Length: 1000\r\n\r\n{\"model\": \"m\"", [], 0.0),
+         b"Host: 127.0.0.1\r\n" + AUTH_LINE + b"Content-Length: 1000\r\n\r\n{\"model\": \"m\"", [], 0.0),
         ("body trickled 1 byte / 0.5 s", b"POST /v1/chat/completions HTTP/1.1\r\n"
-         b"Host: 127.0.0.1\r\nContent-Length: 200\r\n\r\n", [b" "] * 200, 0.5),
+         b"Host: 127.0.0.1\r\n" + AUTH_LINE + b"Content-Length: 200\r\n\r\n", [b" "] * 200, 0.5),
         ("headers trickled 1 line / 0.5 s", b"GET /health HTTP/1.1\r\n",
          [b"X-A: b\r\n"] * 200, 0.5),
         ("half a head, then silence", b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n", [], 0.0),
@@ -225,9 +233,12 @@ def measure(url: str, pid: int, media: Path, out: str) -> int:
     stream.stop = True
     start = time.perf_counter()
     health = httpx.get(url + "/health", timeout=5)
+    ordered = sorted(baseline)
     result = {
         "cpu": os.cpu_count(),
         "stream_median_gap_ms": round(median * 1000, 1),
+        "stream_baseline_p99_gap_ms": round(ordered[int(0.99 * len(ordered))] * 1000, 1),
+        "stream_baseline_max_gap_ms": round(ordered[-1] * 1000, 1),
         "stream_baseline_tokens": len(baseline) + 1,
         "health_after_ms": round((time.perf_counter() - start) * 1000, 1),
         "health_status": health.status_code,

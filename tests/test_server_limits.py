@@ -62,6 +62,22 @@ def test_too_many_messages(url):
     messages = [{"role": "user", "content": "hi"}] * 51
     r = post(url, "/v1/chat/completions", {"model": "m", "messages": messages})
     assert r.status_code == 400 and r.json()["error"]["code"] == "too_many_messages"
+    # 100,000 turns (issue 16: a 4.5 s stall): parsing stops at protocol.MAX_MESSAGES
+    r = post(url, "/v1/chat/completions", {"model": "m", "messages": messages * 2000})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["code"] == "too_many_messages" and "at most 50 " in err["message"]
+
+
+def test_list_fields_are_bounded_while_parsing(url):
+    from qwen_audio.server.protocol import MAX_AUDIO_ITEMS, MAX_PARTS
+
+    parts = [{"type": "text", "text": "a"}] * (MAX_PARTS + 1)
+    r = post(url, "/v1/chat/completions", {"messages": [{"role": "user", "content": parts}]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages[0].content"
+    audios = [{"data": "AAAA"}] * (MAX_AUDIO_ITEMS + 1)
+    r = post(url, "/v1/completions", {"prompt": "x", "audios": audios})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "audios"
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .connections import BodyTimedOut, BodyTimeout
 from .engine_calls import ClientGone
 from .handlers import Handlers
-from .protocol import APIError, ChatCompletionRequest, CompletionRequest
+from .limits import too_many_messages
+from .protocol import MAX_MESSAGES, APIError, ChatCompletionRequest, CompletionRequest
 from .settings import ServerSettings
 from .transcription import AudioForm
 
@@ -217,7 +218,7 @@ class CountRequests:
             self.handlers.metrics.request_done(endpoint_of(scope["path"]), status[0])
 
 
-def validation_error(exc: RequestValidationError) -> APIError:
+def validation_error(exc: RequestValidationError, max_messages: int) -> APIError:
     errors = list(exc.errors())
     # A content part of an unknown type fails every branch of the union; its tag error is the
     # one that says what is wrong.
@@ -244,6 +245,8 @@ def validation_error(exc: RequestValidationError) -> APIError:
         ):
             param += f".{part}" if param else str(part)
     kind = e.get("type", "")
+    if kind == "too_long" and param == "messages":  # past protocol.MAX_MESSAGES: parsing stopped
+        return too_many_messages(None, min(max_messages, MAX_MESSAGES))
     if kind == "json_invalid":
         return APIError(400, f"malformed JSON: {e.get('msg')}", code="invalid_json")
     if kind in ("union_tag_invalid", "union_tag_not_found"):
@@ -272,7 +275,7 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, exc: RequestValidationError):
-        return error_response(request, validation_error(exc))
+        return error_response(request, validation_error(exc, settings.max_messages))
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, exc: StarletteHTTPException):

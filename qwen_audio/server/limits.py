@@ -65,11 +65,15 @@ def is_valid_unicode(text: str) -> bool:
 
 def check_chat(req: ChatCompletionRequest, *, max_chars: int, max_messages: int) -> None:
     if len(req.messages) > max_messages:
-        raise APIError(
-            400,
-            f"{len(req.messages):,} messages; at most {max_messages:,} per request "
-            "(--max-messages)",
-            param="messages",
-            code="too_many_messages",
-        )
+        raise too_many_messages(len(req.messages), max_messages)
     check_texts(chat_texts(req), max_chars, "--max-text-chars")
+
+
+def too_many_messages(count: int | None, max_messages: int) -> APIError:
+    sent = f"{count:,} messages; " if count is not None else ""
+    return APIError(
+        400,
+        f"{sent}at most {max_messages:,} per request (--max-messages)",
+        param="messages",
+        code="too_many_messages",
+    )
