@@ -1,4 +1,4 @@
-"""The bundled demo model's held-out transcription WER in its stored precision, int8 and int4.
+"""The bundled demo model's held-out transcription WER as stored (fp16), in bf16, int8 and int4.
 
 Renders only the 400 held-out sentences of the demo data (seed 0, scale 1: the same clips as
 `qwen-audio train-demo`'s evaluation; needs espeak-ng), then runs `qwen-audio eval run`'s
@@ -36,14 +36,21 @@ def main() -> int:
     work = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/demo-heldout")
     rows = heldout_rows(work)
     summary = {}
-    for label, quantize in (("stored (fp16 weights)", None), ("int8", "int8"), ("int4", "int4")):
+    variants = (
+        ("stored (fp16 weights)", "auto", None),
+        ("bfloat16", "bfloat16", None),
+        ("int8", "auto", "int8"),
+        ("int4", "auto", "int4"),
+    )
+    for label, dtype, quantize in variants:
         result = run_eval(
             "generic",
             str(rows),
-            str(work / f"run-{quantize or 'stored'}"),
+            str(work / f"run-{quantize or dtype}"),
             batch_size=32,
             prompt_override="{prompt}",
             prompt_variant="instruct",
+            dtype=dtype,
             quantize=quantize,
             metric="wer",
             language="en",

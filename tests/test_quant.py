@@ -124,9 +124,14 @@ def test_compiled_quantizer_gives_the_reference_bytes(method, dtype):
     assert torch.equal(q, q_ref) and torch.equal(s, s_ref)
 
 
-def test_quantizing_after_loading_equals_quantizing_while_reading(checkpoints):
+@pytest.mark.parametrize("read_bytes", [64 << 20, 3000])
+def test_quantizing_after_loading_equals_quantizing_while_reading(
+    checkpoints, monkeypatch, read_bytes
+):
     """With an adapter to merge, the weights are quantized after loading (pack_model); without,
-    while reading. Both give the same bytes."""
+    while reading, in blocks of rows (3000 bytes: a few rows a block, with a short last one).
+    Both give the same bytes."""
+    monkeypatch.setattr("qwen_audio.model.loader.QUANTIZE_READ_BYTES", read_bytes)
     from qwen_audio import precision
     from qwen_audio.loading import pack_model
 

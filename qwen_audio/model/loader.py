@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 from pathlib import Path
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 SHOW_PROGRESS_BYTES = 1 << 30  # a progress bar for checkpoints over 1 GiB
+QUANTIZE_READ_BYTES = 64 << 20  # a weight quantized while reading is read 64 MiB at a time
 
 
 def resolve_model_path(model: str | os.PathLike, *, allow_download: bool = False) -> Path:
@@ -168,19 +170,17 @@ def load_model(
             with safe_open(str(f), framework="pt", device="cpu") as st:
                 for key in st.keys():
                     if key in to_quantize:
-                        tensor = read_unmapped(f, key)
                         name = key.removesuffix(".weight")
+                        q, scales, shape, nbytes = quantize_unmapped(f, key, to_quantize[key])
                         want = expected[key].shape
-                        q, scales = quantize_in_chunks(to_quantize[key], tensor)
                         if q.shape != want:
                             raise CheckpointError(
-                                f"{f.name}: {key} has shape {tuple(tensor.shape)}, which does not "
+                                f"{f.name}: {key} has shape {shape}, which does not "
                                 f"fit config.json's {tuple(want)} once packed"
                             )
                         state[key], state[f"{name}.scales"] = q, scales
                         if bar is not None:
-                            bar.update(tensor.numel() * tensor.element_size())
-                        del tensor
+                            bar.update(nbytes)
                         continue
                     if key not in expected:
                         unexpected.append(key)
@@ -229,21 +229,55 @@ def load_model(
 _NUMPY_DTYPES = {"F32": (np.float32, None), "F16": (np.float16, None), "BF16": (np.uint16, "bf16")}
 
 
-def read_unmapped(path: Path, key: str) -> torch.Tensor:
-    """One tensor of a safetensors file, read into ordinary memory instead of mapped."""
+def _entry(path: Path, key: str) -> tuple[dict, int]:
+    """A tensor's safetensors header entry and where the file's data starts."""
     with open(path, "rb") as fh:
         header_len = int.from_bytes(fh.read(8), "little")
         entry = json.loads(fh.read(header_len))[key]
-        np_dtype, kind = _NUMPY_DTYPES.get(entry["dtype"], (None, None))
-        if np_dtype is None:
-            raise CheckpointError(f"{path.name}: {key} is {entry['dtype']}, not a float weight")
-        start, end = entry["data_offsets"]
-        fh.seek(8 + header_len + start)
-        data = np.fromfile(fh, dtype=np_dtype, count=(end - start) // np.dtype(np_dtype).itemsize)
+    if entry["dtype"] not in _NUMPY_DTYPES:
+        raise CheckpointError(f"{path.name}: {key} is {entry['dtype']}, not a float weight")
+    return entry, 8 + header_len
+
+
+def read_unmapped(path: Path, key: str, rows: tuple[int, int] | None = None) -> torch.Tensor:
+    """One tensor of a safetensors file (or its `rows` [r0, r1)), read into ordinary memory
+    instead of mapped."""
+    entry, data_start = _entry(path, key)
+    np_dtype, kind = _NUMPY_DTYPES[entry["dtype"]]
+    shape = list(entry["shape"])
+    row_items = math.prod(shape[1:])
+    r0, r1 = rows if rows is not None else (0, shape[0])
+    itemsize = np.dtype(np_dtype).itemsize
+    with open(path, "rb") as fh:
+        fh.seek(data_start + entry["data_offsets"][0] + r0 * row_items * itemsize)
+        data = np.fromfile(fh, dtype=np_dtype, count=(r1 - r0) * row_items)
     tensor = torch.from_numpy(data)
     if kind == "bf16":
         tensor = tensor.view(torch.bfloat16)
-    return tensor.reshape(entry["shape"])
+    return tensor.reshape([r1 - r0, *shape[1:]])
+
+
+def quantize_unmapped(
+    path: Path, key: str, method: str
+) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...], int]:
+    """A 2-D weight quantized while it is read, `QUANTIZE_READ_BYTES` of rows at a time (the
+    7B head is 1.2 GiB of bf16: read whole, it would be the peak of an int4 load).
+    Returns the packed weight, its scales, the stored shape and the bytes read."""
+    entry, _ = _entry(path, key)
+    shape = tuple(entry["shape"])
+    if len(shape) != 2:
+        raise CheckpointError(f"{path.name}: {key} has shape {shape}, not a matrix")
+    itemsize = np.dtype(_NUMPY_DTYPES[entry["dtype"]][0]).itemsize
+    rows = max(1, QUANTIZE_READ_BYTES // (shape[1] * itemsize))
+    q = scales = None
+    for r0 in range(0, shape[0], rows):
+        r1 = min(shape[0], r0 + rows)
+        q_part, s_part = quantize_in_chunks(method, read_unmapped(path, key, (r0, r1)))
+        if q is None:  # filled in place: no second copy of the packed weight while joining
+            q = q_part.new_empty((shape[0], *q_part.shape[1:]))
+            scales = s_part.new_empty((shape[0], *s_part.shape[1:]))
+        q[r0:r1], scales[r0:r1] = q_part, s_part
+    return q, scales, shape, math.prod(shape) * itemsize
 
 
 def _fill_optional_weights(
