@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+from qwen_audio.config import default_model
 from qwen_audio.demo import data, tasks
 from qwen_audio.eval.runner import run_eval
 
@@ -47,6 +48,7 @@ def main() -> int:
             "generic",
             str(rows),
             str(work / f"run-{quantize or dtype}"),
+            model=str(default_model()),
             batch_size=32,
             prompt_override="{prompt}",
             prompt_variant="instruct",
