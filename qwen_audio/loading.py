@@ -137,7 +137,7 @@ def load_checkpoint(
 
 
 def _merge(net: nn.Module, adapter: str | os.PathLike) -> None:
-    from .train.adapters import merge_adapter
+    from .model.peft_adapter import merge_adapter
 
     merge_adapter(net, Path(adapter))
 

@@ -139,3 +139,23 @@ def test_cuda_request_without_a_gpu_is_a_clear_error(checkpoints):
         pytest.skip("a GPU is present")
     with pytest.raises(ValueError, match="CUDA"):
         LLM(checkpoints("mha"), device="cuda")
+
+
+def test_loading_and_the_engine_import_nothing_from_train():
+    """Inference merges adapters with model/peft_adapter.py: train/ (peft, accelerate) stays
+    out of a process that only runs the model."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch, qwen_audio.llm, qwen_audio.loading, qwen_audio.async_llm\n"
+        "from qwen_audio.model.peft_adapter import AdapterError\n"
+        "try:\n"
+        "    qwen_audio.loading._merge(torch.nn.Linear(2, 2), '/nonexistent-adapter')\n"
+        "except AdapterError:\n"
+        "    pass\n"
+        "bad = sorted(m for m in sys.modules if m.startswith('qwen_audio.train'))\n"
+        "assert not bad, bad\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
