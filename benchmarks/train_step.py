@@ -120,10 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=16, help="conversations per step")
     p.add_argument("--steps", type=int, default=5, help="timed steps (after one warm-up)")
     args = p.parse_args(argv)
-    from qwen_audio.llm import default_model_path
+    from qwen_audio.config import default_model
     from qwen_audio.model.loader import resolve_model_path
 
-    model_dir = str(resolve_model_path(args.model) if args.model else default_model_path())
+    model_dir = str(resolve_model_path(default_model(args.model)))
     convs = conversations(args.batch)
     result = {"model": model_dir, "batch": args.batch, "threads": torch.get_num_threads()}
     result["ours_s"] = round(ours(model_dir, convs, args.steps), 4)

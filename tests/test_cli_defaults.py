@@ -82,22 +82,25 @@ def test_quantize_without_model_reads_the_environment_model(env_model, tmp_path,
     assert config["quantization_config"]["quant_method"] == "qwen_audio"
 
 
-def test_serve_without_model_builds_the_app_on_the_environment_model(env_model, monkeypatch):
-    import uvicorn
+class AppBuilt(Exception):
+    """Raised where the server would start listening: the test has seen what it needs."""
 
+
+def test_serve_without_model_builds_the_app_on_the_environment_model(env_model, monkeypatch):
     import qwen_audio.server.app as app_module
 
-    seen = {}
     real_create_app = app_module.create_app
 
     def create_app(engine, settings):
-        seen["path"] = engine.checkpoint.path
-        return real_create_app(engine, settings)
+        real_create_app(engine, settings)  # the whole app is built on that engine
+        raise AppBuilt(engine)
 
     monkeypatch.setattr(app_module, "create_app", create_app)
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.setdefault("app", app))
-    assert main(["serve", "--port", "0"]) == 0
-    assert seen["path"] == env_model and "app" in seen
+    with pytest.raises(AppBuilt) as built:
+        main(["serve", "--port", "0"])
+    engine = built.value.args[0]
+    engine.shutdown()
+    assert engine.checkpoint.path == env_model
 
 
 def test_eval_run_without_model_uses_the_environment_model(env_model, wav, tmp_path):

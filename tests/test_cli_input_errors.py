@@ -95,6 +95,12 @@ def test_a_file_given_as_model_is_called_a_file(tmp_path, capsys):
     assert "is a file, not a model folder" in err
 
 
+def test_a_folder_without_config_is_not_a_model_folder(tmp_path, capsys):
+    (tmp_path / "clips").mkdir()
+    err = error_of(["chat", "--model", str(tmp_path / "clips"), "--prompt", "x"], capsys)
+    assert "is not a model folder: it has no config.json" in err
+
+
 def test_an_uncached_hub_id_names_allow_download(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setenv("MODELSCOPE_CACHE", str(tmp_path / "ms"))

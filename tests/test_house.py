@@ -63,3 +63,13 @@ def test_streamed_checkpoint_is_sharded_and_loads(tmp_path):
     assert len(files) == 3 and all((path / f).exists() for f in files)
     out = LLM(path, dtype="float32").generate("hello", SamplingParams(temperature=0, max_tokens=3))
     assert len(out[0].token_ids) >= 1
+
+
+def test_readme_gets_a_newcomer_from_the_quickstart_to_the_commands():
+    text = (REPO / "README.md").read_text()
+    first_command = text.index("\nqwen-audio ")
+    assert ". .venv/bin/activate" in text[:first_command]  # said before the first example
+    assert "issue 7" not in text  # the project's history is not a column heading
+    mention = text.index("build/demo/report.json")
+    assert "make demo-model" in text[mention - 200 : mention]  # how a clone gets that file
+    assert "--format srt" in text and "fixed 30 s windows" in text

@@ -40,6 +40,11 @@ def resolve_model_path(model: str | os.PathLike, *, allow_download: bool = False
     """
     path = Path(model).expanduser()
     if path.is_dir():
+        if not (path / "config.json").exists():
+            raise CheckpointError(
+                f"{path} is not a model folder: it has no config.json (a checkpoint folder holds "
+                "config.json, the tokenizer files and the weights)"
+            )
         return path
     if path.exists():
         raise CheckpointError(
