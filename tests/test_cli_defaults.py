@@ -95,7 +95,11 @@ def test_serve_without_model_builds_the_app_on_the_environment_model(env_model, 
         real_create_app(engine, settings)  # the whole app is built on that engine
         raise AppBuilt(engine)
 
+    def listen(self):  # never serve for real, whatever happens above
+        raise AssertionError("serve reached uvicorn without building the app through create_app")
+
     monkeypatch.setattr(app_module, "create_app", create_app)
+    monkeypatch.setattr("uvicorn.Server.run", listen)
     with pytest.raises(AppBuilt) as built:
         main(["serve", "--port", "0"])
     engine = built.value.args[0]
