@@ -77,7 +77,8 @@ def rounds_inputs(isa: str, fmt: str) -> bool:
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 9, 16])
 def test_decode_kernel_equals_pytorch(isa, fmt, rows):
-    for n, k in [(37, 96), (64, 32), (129, 4096 // 8)]:  # odd outputs, one group, many groups
+    # odd outputs; 1, 3, 6 and 16 groups (every tail of the 2- and 4-group loops)
+    for n, k in [(37, 96), (64, 32), (33, 192), (129, 4096 // 8)]:
         p = packed(fmt, n, k, seed=rows + n)
         x = torch.randn(rows, k)
         scales = p.scales if p.scales is not None else _empty()
@@ -239,3 +240,15 @@ def test_a_build_lock_left_by_an_interrupted_build_does_not_hang_the_next_load()
     )
     assert proc.returncode == 0, proc.stderr
     assert not stale.exists()
+
+
+@pytest.mark.skipif(
+    K.selected_isa() == "none"
+    or shutil.which(os.environ.get("CXX", "c++")) is None
+    or os.environ.get("QWEN_AUDIO_KERNELS", "1") == "0",
+    reason=f"CPU kernels not expected here: {_why_no_kernels()}",
+)
+def test_the_kernels_build_wherever_a_compiler_and_a_supported_cpu_are():
+    """A broken build falls back to PyTorch at run time (logged), but here it must fail loudly:
+    otherwise every kernel test above would be skipped and a broken kernel would go unseen."""
+    assert module is not None, "the kernel build failed: see the warning from qwen_audio.kernels"

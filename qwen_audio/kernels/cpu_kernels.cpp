@@ -185,6 +185,118 @@ void gemv_quantized_inputs(int format, const void* w, const uint16_t* s, const Q
 }  // namespace avx2
 #pragma GCC pop_options
 
+// The same int8-input products with AVX512-VNNI (Ice Lake and later, Zen 4 and later): two groups
+// of 32 weights per 512-bit register and `vpdpbusd` (64 byte products into 16 int32 sums in one
+// instruction), about half the per-group instructions of the AVX2 loop, which on 2 cores is what
+// bounds int4 decoding. Lanes 0-7 of a product hold group g's partial sums, lanes 8-15 group
+// g+1's; a row's sums are made in the same order whatever MR is (batched == single).
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")
+namespace avx512_vnni {
+using avx2::combined_scales;
+using avx2::kMaxGroups;
+using avx2::QuantizedRows;
+using avx2::zero_point;
+
+inline __m512i pair_q4(const uint8_t* p) {  // 2 groups' 32 bytes -> their 64 nibbles in order
+  const __m256i b = _mm256_loadu_si256((const __m256i*)p);
+  const __m512i lo_hi = _mm512_inserti64x4(_mm512_castsi256_si512(b), _mm256_srli_epi16(b, 4), 1);
+  const __m512i nibbles = _mm512_and_si512(lo_hi, _mm512_set1_epi8(0x0F));
+  // [g w0-15, g+1 w0-15, g w16-31, g+1 w16-31] -> [g w0-15, g w16-31, g+1 w0-15, g+1 w16-31]
+  return _mm512_shuffle_i64x2(nibbles, nibbles, _MM_SHUFFLE(3, 1, 2, 0));
+}
+
+inline __m512i pair_q4_single(const uint8_t* p) {  // one group: its 32 nibbles, then zeros
+  const __m128i b = _mm_loadu_si128((const __m128i*)p);
+  const __m128i mask = _mm_set1_epi8(0x0F);
+  const __m256i both = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(b, 4), mask),
+                                        _mm_and_si128(b, mask));
+  return _mm512_zextsi256_si512(both);
+}
+
+inline __m512 pair_scales(const float* scale) {  // [scale[0] x 8, scale[1] x 8]
+  const __m512i index = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+  const __m128 two = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(scale)));
+  return _mm512_permutexvar_ps(index, _mm512_castps128_ps512(two));
+}
+
+template <bool kQ4Format, int MR>
+void int_rows(const uint8_t* w, const uint16_t* s, const QuantizedRows& x, int64_t K, float* y,
+              int64_t N, int64_t n0, int64_t n1) {
+  const int64_t groups = K / kGroup;
+  const int64_t row_bytes = kQ4Format ? K / 2 : K;
+  alignas(64) float scale[MR][kMaxGroups + 2];
+  for (int64_t n = n0; n < n1; n++) {
+    const uint8_t* row = w + n * row_bytes;
+    const uint16_t* ws = s + n * groups;
+    __m512 even[MR], odd[MR];
+    for (int m = 0; m < MR; m++) {
+      combined_scales(ws, x.d + m * groups, groups, scale[m]);
+      scale[m][groups] = 0.0f;  // the partner of an odd last group
+      even[m] = odd[m] = _mm512_setzero_ps();
+    }
+    // groups [g, g + 2), or only g when `single` (the upper half of every load is zero)
+    const auto pair = [&](int64_t g, bool single, __m512* acc) {
+      const __mmask64 bytes = single ? 0xFFFFFFFFull : ~0ull;  // x: 32 or 64 bytes
+      __m512i u;
+      __mmask64 negative = 0;
+      if constexpr (kQ4Format) {
+        u = single ? pair_q4_single(row + g * (kGroup / 2)) : pair_q4(row + g * (kGroup / 2));
+      } else {
+        const __m512i wv = _mm512_maskz_loadu_epi8(bytes, row + g * kGroup);
+        negative = _mm512_movepi8_mask(wv);
+        u = _mm512_abs_epi8(wv);  // |w|; the sign moves onto the inputs
+      }
+      for (int m = 0; m < MR; m++) {
+        __m512i xv = _mm512_maskz_loadu_epi8(bytes, x.q + m * K + g * kGroup);
+        if constexpr (!kQ4Format) xv = _mm512_mask_sub_epi8(xv, negative, _mm512_setzero_si512(), xv);
+        const __m512i sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, xv);
+        acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), pair_scales(&scale[m][g]), acc[m]);
+      }
+    };
+    int64_t g = 0;
+    for (; g + 3 < groups; g += 4) {
+      pair(g, false, even);
+      pair(g + 2, false, odd);
+    }
+    for (; g + 1 < groups; g += 2) pair(g, false, even);
+    if (g < groups) pair(g, true, odd);
+    for (int m = 0; m < MR; m++) {
+      float sum = _mm512_reduce_add_ps(_mm512_add_ps(even[m], odd[m]));
+      if constexpr (kQ4Format) sum -= zero_point(ws, x.off + m * groups, groups);
+      y[m * N + n] = sum;
+    }
+  }
+}
+
+template <bool kQ4Format>
+void int_gemv(const uint8_t* w, const uint16_t* s, const QuantizedRows& x, int64_t M, int64_t K,
+              float* y, int64_t N, int64_t n0, int64_t n1) {
+  constexpr int64_t kMaxRows = 4;
+  const int64_t groups = K / kGroup;
+  for (int64_t m0 = 0; m0 < M; m0 += kMaxRows) {
+    const int64_t mr = M - m0 < kMaxRows ? M - m0 : kMaxRows;
+    const QuantizedRows xm{x.q + m0 * K, x.d + m0 * groups, x.off + m0 * groups};
+    float* ym = y + m0 * N;
+    switch (mr) {
+      case 1: avx512_vnni::int_rows<kQ4Format, 1>(w, s, xm, K, ym, N, n0, n1); break;
+      case 2: avx512_vnni::int_rows<kQ4Format, 2>(w, s, xm, K, ym, N, n0, n1); break;
+      case 3: avx512_vnni::int_rows<kQ4Format, 3>(w, s, xm, K, ym, N, n0, n1); break;
+      default: avx512_vnni::int_rows<kQ4Format, 4>(w, s, xm, K, ym, N, n0, n1); break;
+    }
+  }
+}
+
+void gemv_quantized_inputs(int format, const void* w, const uint16_t* s, const QuantizedRows& x,
+                           int64_t M, int64_t K, float* y, int64_t N, int64_t n0, int64_t n1) {
+  const auto* bytes = static_cast<const uint8_t*>(w);
+  // qualified: QuantizedRows comes from avx2, so its int_gemv would be found too
+  if (format == kQ4) return avx512_vnni::int_gemv<true>(bytes, s, x, M, K, y, N, n0, n1);
+  avx512_vnni::int_gemv<false>(bytes, s, x, M, K, y, N, n0, n1);
+}
+}  // namespace avx512_vnni
+#pragma GCC pop_options
+
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
 namespace avx512 {
@@ -329,8 +441,14 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch
                           off.data_ptr<float>());
     const avx2::QuantizedRows rows{xq.data_ptr<int8_t>(), d.data_ptr<float>(),
                                    off.data_ptr<float>()};
+    static const bool vnni = __builtin_cpu_supports("avx512vnni") &&
+                             __builtin_cpu_supports("avx512bw") &&
+                             __builtin_cpu_supports("avx512vl");
+    const auto gemv = (isa == kAvx512 || isa == kAvx512Bf16) && vnni
+                          ? avx512_vnni::gemv_quantized_inputs
+                          : avx2::gemv_quantized_inputs;
     at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
-      avx2::gemv_quantized_inputs(static_cast<int>(format), wp, sp, rows, M, K, yp, N, n0, n1);
+      gemv(static_cast<int>(format), wp, sp, rows, M, K, yp, N, n0, n1);
     });
     return y;
   }
