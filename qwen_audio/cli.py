@@ -71,17 +71,34 @@ def add_chat_command(sub) -> None:
 
 
 def add_transcribe_command(sub) -> None:
-    p = sub.add_parser("transcribe", help="transcribe audio files (long files in 30 s windows)")
+    p = sub.add_parser(
+        "transcribe", help="transcribe audio files (cut at pauses, all segments in one batch)"
+    )
     add_model_options(p)
     p.add_argument("files", nargs="+")
     p.add_argument("--language", help="language code such as en, zh, fr")
-    p.add_argument("--format", default="text", choices=["text", "json", "srt", "vtt"])
+    p.add_argument(
+        "--format", default="text", choices=["text", "json", "verbose_json", "srt", "vtt"]
+    )
     p.add_argument("--task", default="transcribe", choices=["transcribe", "translate"])
     p.add_argument(
         "--style",
         default="auto",
         choices=["auto", "chat", "base"],
-        help="prompt style: Instruct chat or the base model's ASR prompt (auto: from the folder)",
+        help="prompt style: Instruct chat or the base model's ASR prompt (auto: from the "
+        "checkpoint's chat template and generation config)",
+    )
+    p.add_argument(
+        "--segmentation",
+        default="vad",
+        choices=["vad", "fixed"],
+        help="vad: cut at pauses, no segment for silence (default); fixed: 30 s windows",
+    )
+    p.add_argument(
+        "--max-segment-seconds",
+        type=float,
+        default=20.0,
+        help="longest segment with --segmentation vad (at most 30, default 20)",
     )
     p.set_defaults(func=_run_transcribe)
 
@@ -195,7 +212,7 @@ def _run_quantize(args) -> int:
 def _run_transcribe(args) -> int:
     from .cli_inputs import check_audio
 
-    # Windows of 30 s are cut here, so --long-audio does not apply to transcription.
+    # Segments of at most 30 s are cut here, so --long-audio does not apply to transcription.
     args.files = [check_audio(f, allow_remote=args.allow_remote_audio) for f in args.files]
     llm = _load(args)
     from .transcribe import transcribe_files

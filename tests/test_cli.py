@@ -44,6 +44,7 @@ def test_chat_json_prints_one_object_equal_to_the_api(checkpoints, tmp_path, cap
 def test_transcribe_long_file_gives_timed_segments(checkpoints, tmp_path, capsys):
     wav = write_wav(tmp_path / "long.wav", 65.0)
     args = ["transcribe", wav, "--model", str(checkpoints("mha")), "--dtype", "float32"]
+    args += ["--segmentation", "fixed"]
     assert main(args + ["--format", "json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert [(s["start"], s["end"]) for s in data["segments"]] == [(0, 30), (30, 60), (60, 65)]

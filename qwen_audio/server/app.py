@@ -317,8 +317,11 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
             response_format: str = Form("json"),
             temperature: float = Form(0.0),
             stream: bool = Form(False),
+            segmentation: str | None = Form(None),
         ):
-            form = AudioForm(model, language, prompt, response_format, temperature, stream)
+            form = AudioForm(
+                model, language, prompt, response_format, temperature, stream, segmentation
+            )
             return await handlers.transcribe(request, file, form, translate)
 
     audio_route("/v1/audio/transcriptions", translate=False)

@@ -131,7 +131,21 @@ def add_serve_subcommand(subparsers: argparse._SubParsersAction) -> argparse.Arg
         "--asr-style",
         default=d.asr_style,
         choices=["auto", "chat", "base"],
-        help="transcription prompts: chat (Instruct), base (raw ASR prompt) or auto (by name)",
+        help="transcription prompts: chat (Instruct), base (raw ASR prompt) or auto (from the "
+        "checkpoint's chat template and generation config)",
+    )
+    p.add_argument(
+        "--asr-segmentation",
+        default=d.asr_segmentation,
+        choices=["vad", "fixed"],
+        help="how transcriptions cut a file: vad (at pauses, default) or fixed (30 s windows); "
+        "a request's `segmentation` form field overrides it",
+    )
+    p.add_argument(
+        "--asr-max-segment-seconds",
+        type=float,
+        default=d.asr_max_segment_seconds,
+        help="longest transcription segment with vad segmentation (at most 30)",
     )
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=serve)
@@ -154,6 +168,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         request_timeout_s=args.request_timeout,
         max_queue=args.max_queue,
         asr_style=args.asr_style,
+        asr_segmentation=args.asr_segmentation,
+        asr_max_segment_seconds=args.asr_max_segment_seconds,
         max_text_chars=args.max_text_chars,
         max_messages=args.max_messages,
         max_audio_samples=args.max_audio_samples,

@@ -60,8 +60,12 @@ class ServerSettings:
     default_completion_max_tokens: int = 16  # /v1/completions, as OpenAI's documented default
     transcription_max_tokens: int = 448  # per 30 s window, Whisper's decoder limit
     # How transcription/translation prompts are written: "chat" (Instruct), "base" (raw ASR
-    # prompt) or "auto" (chat when the model name contains "instruct").
+    # prompt) or "auto" (from the checkpoint: `qwen_audio.asr.detect_style`).
     asr_style: str = "auto"
+    # How a file is cut: "vad" (at pauses, segments of at most asr_max_segment_seconds, no
+    # segment for silence) or "fixed" (30 s windows); a request's `segmentation` field overrides.
+    asr_segmentation: str = "vad"
+    asr_max_segment_seconds: float = 20.0
 
     @property
     def max_upload_bytes(self) -> int:

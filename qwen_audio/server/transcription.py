@@ -1,28 +1,27 @@
-"""/v1/audio/transcriptions and /v1/audio/translations: windows, prompts, output formats.
+"""/v1/audio/transcriptions and /v1/audio/translations over the shared ASR path (`qwen_audio.asr`).
 
-A file is cut into consecutive 30 s windows (the encoder's span); each window is one engine
-request and one segment, so segment times are window times. The prompt depends on the model:
-- Instruct ("chat" style): a user turn holding the window's audio and a text part,
-  "Transcribe the speech." (or "Translate the speech into English."), plus the language when
-  given and the request's `prompt` as context.
-- Base ("base" style): the raw ASR prompt of the original evaluation,
-  `<|audio_bos|><|AUDIO|><|audio_eos|>Detect the language and recognize the speech: <|en|>`
-  (the language tag only when `language` is given; the base model writes its own otherwise), or
-  "... translate the speech into English: <|xx|>". The request's `prompt` is not used here.
-`--asr-style auto` picks "chat" when the model's name contains "instruct".
+A file is cut into segments (at pauses by default; `segmentation=fixed` or `--asr-segmentation
+fixed` keeps 30 s windows), every segment is one engine request, and all requests of a file are
+submitted at once so continuous batching runs them together; streamed text still arrives in
+order (a later segment's text waits until the ones before it are done). Prompts, the chat/base
+rule (`--asr-style auto`: read from the checkpoint), tag clean-up and SRT/VTT are
+`qwen_audio.asr`'s, the same as `qwen-audio transcribe`, so both give the same text.
 Language tags the model writes (`<|en|>`) are removed from the text and reported as the language.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
-import zlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import numpy as np
+
+from qwen_audio import asr
 
 from .engine_calls import Generation, Slot
 from .media import SAMPLE_RATE
@@ -42,20 +41,10 @@ from .protocol import (
 )
 from .settings import ServerSettings
 
-WINDOW_SECONDS = 30
-WINDOW_SAMPLES = WINDOW_SECONDS * SAMPLE_RATE  # 480000 samples in a 30-second window
-MIN_TAIL_SAMPLES = SAMPLE_RATE  # a last piece under 1 s joins the window before it
-AUDIO_PLACEHOLDER = "<|audio_bos|><|AUDIO|><|audio_eos|>"
-
-LANGUAGES = {
-    "ar": "Arabic", "de": "German", "en": "English", "es": "Spanish", "fr": "French",
-    "hi": "Hindi", "id": "Indonesian", "it": "Italian", "ja": "Japanese", "ko": "Korean",
-    "nl": "Dutch", "pl": "Polish", "pt": "Portuguese", "ru": "Russian", "sv": "Swedish",
-    "th": "Thai", "tr": "Turkish", "vi": "Vietnamese", "yue": "Cantonese", "zh": "Chinese",
-}  # fmt: skip
+LANGUAGES = asr.LANGUAGES
 LANGUAGE_RE = re.compile(r"^([a-zA-Z]{2,3})([-_][a-zA-Z0-9]{2,8})?$")
-TAG_RE = re.compile(r"<\|([a-z]{2,3})\|>")
-TAG_PREFIX_RE = re.compile(r"<(\|([a-z]{0,3}(\|)?)?)?")
+TextCleaner = asr.TextCleaner
+timestamp = asr.timestamp
 
 
 @dataclass
@@ -68,8 +57,13 @@ class AudioForm:
     response_format: str = "json"
     temperature: float = 0.0
     stream: bool = False
+    segmentation: str | None = None  # vad | fixed; None: the server's --asr-segmentation
 
     def check(self) -> None:
+        if self.segmentation is not None and self.segmentation not in asr.SEGMENTATIONS:
+            raise APIError(
+                400, "segmentation must be vad or fixed", param="segmentation", code="invalid_value"
+            )
         if self.response_format not in TRANSCRIPTION_FORMATS:
             raise APIError(
                 400,
@@ -88,58 +82,6 @@ class AudioForm:
             self.language = m.group(1).lower()
         if self.prompt and len(self.prompt) > 4000:
             raise APIError(400, "prompt is longer than 4000 characters", param="prompt")
-
-
-def windows(num_samples: int) -> list[tuple[int, int]]:
-    bounds = list(range(0, num_samples, WINDOW_SAMPLES)) + [num_samples]
-    spans = list(zip(bounds[:-1], bounds[1:]))
-    if len(spans) > 1 and spans[-1][1] - spans[-1][0] < MIN_TAIL_SAMPLES:
-        spans[-2:] = [(spans[-2][0], spans[-1][1])]
-    return spans
-
-
-class TextCleaner:
-    """Streams one window's text: drops leading language tags (remembering the language) and
-    leading whitespace, and holds back trailing whitespace, so the deltas add up exactly to the
-    segment's stripped text."""
-
-    def __init__(self):
-        self.head = ""  # text seen while it may still be a tag
-        self.in_head = True
-        self.held = ""  # trailing whitespace not sent yet
-        self.sent = False
-        self.language: str | None = None
-
-    def feed(self, delta: str) -> str:
-        if self.in_head:
-            self.head += delta
-            while True:
-                s = self.head.lstrip()
-                m = TAG_RE.match(s)
-                if m:
-                    self.language = self.language or m.group(1)
-                    self.head = s[m.end() :]
-                    continue
-                if s == "" or TAG_PREFIX_RE.fullmatch(s):
-                    return ""  # could still become a tag
-                break
-            self.in_head = False
-            delta, self.head = s, ""
-        return self._emit(delta)
-
-    def flush(self) -> str:
-        rest, self.head, self.in_head = self.head.lstrip(), "", False
-        return self._emit(rest)
-
-    def _emit(self, delta: str) -> str:
-        text = self.held + delta
-        body = text.rstrip()
-        self.held = text[len(body) :]
-        if not self.sent:
-            body = body.lstrip()
-        if body:
-            self.sent = True
-        return body
 
 
 @dataclass
@@ -165,9 +107,12 @@ class Result:
         )
 
 
-def compression_ratio(text: str) -> float:
-    data = text.encode("utf-8")
-    return len(data) / len(zlib.compress(data)) if data else 0.0
+@dataclass
+class Seg:
+    start: float
+    end: float
+    text: str
+    tokens: list[int]
 
 
 @dataclass
@@ -185,83 +130,94 @@ class Job:
             language=self.form.language or "unknown",
             duration=round(len(self.samples) / SAMPLE_RATE, 3),
         )
-
-    @property
-    def style(self) -> str:
-        style = self.settings.asr_style
-        if style == "auto":
-            return "chat" if "instruct" in str(self.engine.model_name).lower() else "base"
-        return style
+        self.style = asr.detect_style(
+            getattr(self.engine, "checkpoint", None), self.settings.asr_style
+        )
+        self.segmentation = self.form.segmentation or self.settings.asr_segmentation
 
     def engine_call(self, audio: np.ndarray, request_id: str) -> AsyncIterator:
+        task = "translate" if self.translate else "transcribe"
         lang = self.form.language
         if self.style == "chat":
-            if self.translate:
-                text = "Translate the speech into English."
-            else:
-                text = "Transcribe the speech."
-                if lang:
-                    text += f" The speech is in {LANGUAGES.get(lang, lang)}."
-            if self.form.prompt:
-                text += f"\nContext: {self.form.prompt}"
+            text = asr.chat_instruction(task, lang, self.form.prompt)
             content = [
                 {"type": "audio", "audio": (audio, SAMPLE_RATE)},
                 {"type": "text", "text": text},
             ]
             messages = [{"role": "user", "content": content}]
             return self.engine.stream_chat(messages, self.params(), request_id=request_id)
-        task = "translate the speech into English" if self.translate else "recognize the speech"
-        prompt = f"{AUDIO_PLACEHOLDER}Detect the language and {task}:"
-        if lang:
-            prompt += f" <|{lang}|>"
+        prompt = asr.base_prompt(task, lang)
         audios = [(audio, SAMPLE_RATE)]
         return self.engine.stream_generate(prompt, audios, self.params(), request_id=request_id)
 
+    async def spans(self) -> list[asr.Span]:
+        return await asyncio.to_thread(
+            asr.split_audio,
+            self.samples,
+            self.segmentation,
+            self.settings.asr_max_segment_seconds,
+        )
+
     async def deltas(self, slot: Slot) -> AsyncIterator[str]:
-        """Text deltas of the whole file, window after window; fills `self.result`."""
+        """Text deltas of the whole file, segment after segment; fills `self.result`. All
+        segments are submitted to the engine at once; their outputs wait in queues."""
         r = self.result
-        for start, end in windows(len(self.samples)):
+        spans = await self.spans()
+        gens: list[Generation] = []
+        for span in spans:
             rid = random_id("trsc")
-            stream = self.engine_call(self.samples[start:end], rid)
-            gen = Generation(self.engine, stream, rid, slot.deadline)
-            cleaner, parts, ids, last = TextCleaner(), [], [], None
+            stream = self.engine_call(self.samples[span.start : span.end], rid)
+            gens.append(Generation(self.engine, stream, rid, slot.deadline))
+        queues: list[asyncio.Queue] = [asyncio.Queue() for _ in spans]
+
+        async def pump(gen: Generation, queue: asyncio.Queue) -> None:
             try:
                 while (out := await gen.next()) is not None:
+                    queue.put_nowait(out)
+            except Exception as e:  # handed to the reader, which raises it in order
+                queue.put_nowait(e)
+                return
+            queue.put_nowait(None)
+
+        tasks = [asyncio.create_task(pump(g, q)) for g, q in zip(gens, queues)]
+        try:
+            for span, queue in zip(spans, queues):
+                cleaner, parts, ids, last = TextCleaner(), [], [], None
+                while (out := await queue.get()) is not None:
+                    if isinstance(out, Exception):
+                        raise out
                     last = out
                     ids.extend(out.token_ids)
                     if piece := cleaner.feed(out.text):
                         if not parts and r.text:
-                            piece = " " + piece  # between windows
+                            piece = " " + piece  # between segments
                         parts.append(piece)
                         yield piece
-            finally:
-                await gen.close()
-            if piece := cleaner.flush():
-                if not parts and r.text:
-                    piece = " " + piece
-                parts.append(piece)
-                yield piece
-            text = "".join(parts)
-            r.text += text
-            if last is not None:
-                r.prompt_tokens += last.prompt_tokens
-                r.audio_tokens += last.audio_tokens
-                r.completion_tokens += last.completion_tokens
-            if r.language == "unknown" and cleaner.language:
-                r.language = cleaner.language
-            if text.strip():
-                r.segments.append(
-                    Segment(
-                        id=len(r.segments),
-                        seek=start // 160,  # 10 ms frames
-                        start=round(start / SAMPLE_RATE, 3),
-                        end=round(end / SAMPLE_RATE, 3),
-                        text=text.strip(),
-                        tokens=ids,
-                        temperature=self.form.temperature,
-                        compression_ratio=round(compression_ratio(text.strip()), 4),
-                    )
-                )
+                if piece := cleaner.flush():
+                    if not parts and r.text:
+                        piece = " " + piece
+                    parts.append(piece)
+                    yield piece
+                text = "".join(parts)
+                r.text += text
+                if last is not None:
+                    r.prompt_tokens += last.prompt_tokens
+                    r.audio_tokens += last.audio_tokens
+                    r.completion_tokens += last.completion_tokens
+                if r.language == "unknown" and cleaner.language:
+                    r.language = cleaner.language
+                if text.strip():
+                    seg = Seg(span.start_s, span.end_s, text.strip(), ids)
+                    (record,) = asr.segment_records([seg], self.form.temperature)
+                    record["id"] = len(r.segments)
+                    r.segments.append(Segment(**record))
+        finally:
+            for t in tasks:
+                t.cancel()
+            with anyio.CancelScope(shield=True):
+                await asyncio.gather(*tasks, return_exceptions=True)
+                for g in gens:
+                    await g.close()
 
     async def run(self, slot: Slot) -> Result:
         async with aclosing(self.deltas(slot)) as deltas:
@@ -275,14 +231,6 @@ class Job:
             async for piece in deltas:
                 yield sse(TranscriptDelta(delta=piece))
         yield sse(TranscriptDone(text=self.result.text, usage=self.result.usage))
-
-
-def timestamp(seconds: float, sep: str) -> str:
-    ms = round(seconds * 1000)
-    h, ms = divmod(ms, 3_600_000)
-    m, ms = divmod(ms, 60_000)
-    s, ms = divmod(ms, 1000)
-    return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
 
 
 def render(result: Result, response_format: str) -> tuple[Any, str]:
@@ -301,13 +249,6 @@ def render(result: Result, response_format: str) -> tuple[Any, str]:
         return body.model_dump(), "application/json"
     if response_format == "text":
         return result.text + "\n", "text/plain"
-    lines = ["WEBVTT", ""] if response_format == "vtt" else []
-    for i, seg in enumerate(result.segments, start=1):
-        if response_format == "srt":
-            lines.append(str(i))
-            lines.append(f"{timestamp(seg.start, ',')} --> {timestamp(seg.end, ',')}")
-        else:
-            lines.append(f"{timestamp(seg.start, '.')} --> {timestamp(seg.end, '.')}")
-        lines += [seg.text, ""]
-    media_type = "text/vtt" if response_format == "vtt" else "application/x-subrip"
-    return "\n".join(lines), media_type
+    if response_format == "vtt":
+        return asr.vtt(result.segments), "text/vtt"
+    return asr.srt(result.segments), "application/x-subrip"
