@@ -96,7 +96,7 @@ def add_transcribe_command(sub) -> None:
     )
     p.add_argument(
         "--max-segment-seconds",
-        type=float,
+        type=_max_segment_seconds,
         default=20.0,
         help="longest segment with --segmentation vad (at most 30, default 20)",
     )
@@ -207,6 +207,12 @@ def _run_quantize(args) -> int:
     size = sum(f.stat().st_size for f in out.iterdir() if f.suffix == ".safetensors")
     print(f"wrote {out} ({args.method}, {size / 2**30:.2f} GiB of weights)")
     return 0
+
+
+def _max_segment_seconds(text: str) -> float:
+    from .asr.segment import max_segment_seconds
+
+    return max_segment_seconds(text)
 
 
 def _run_transcribe(args) -> int:

@@ -7,6 +7,7 @@ known length, so the true speech boundaries are known to the sample.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import subprocess
@@ -227,6 +228,41 @@ def test_server_segments_at_pauses_and_streams_in_order(speech_file):
             model="m", file=("s.wav", buf.getvalue()), response_format="verbose_json"
         )
         assert quiet.text == "" and quiet.segments == [] and len(engine.calls) == calls
+
+
+class WaitsForAll(FakeEngine):
+    """Answers nothing until `n` requests have arrived: a file whose segments went to the engine
+    one after another would never get its first answer (and fail after 10 s)."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.n, self.arrived, self.all_in = n, 0, None
+
+    async def stream_chat(self, messages, params, request_id: str):
+        self.all_in = self.all_in or asyncio.Event()
+        self.arrived += 1
+        if self.arrived >= self.n:
+            self.all_in.set()
+        await asyncio.wait_for(self.all_in.wait(), 10)
+        async for d in super().stream_chat(messages, params, request_id):
+            yield d
+
+
+@needs_espeak
+def test_server_sends_all_segments_of_a_file_at_once(speech_file):
+    path, truth = speech_file
+    engine = WaitsForAll(len(truth))
+    with live_server(create_app(engine, ServerSettings(max_upload_mb=5.0))) as url:
+        client = OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        r = client.audio.transcriptions.create(model="m", file=("a.wav", Path(path).read_bytes()))
+    assert r.text.count("heard 1 audio(s)") == len(truth) == engine.arrived
+
+
+def test_max_segment_seconds_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["transcribe", "x.wav", "--max-segment-seconds", "0.5"])
+    assert "--max-segment-seconds" in capsys.readouterr().err
+    assert asr.max_segment_seconds("12.5") == 12.5
 
 
 # ---- the same text from the command line and the server, on the demo model ---------------------

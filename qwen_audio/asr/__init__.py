@@ -27,6 +27,7 @@ from .segment import (
     WINDOW_SECONDS,
     Span,
     fixed_windows,
+    max_segment_seconds,
     speech_spans,
     split_audio,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "detect_style",
     "fixed_windows",
     "language_name",
+    "max_segment_seconds",
     "segment_records",
     "speech_spans",
     "split_audio",

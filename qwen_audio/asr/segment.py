@@ -166,6 +166,14 @@ def speech_spans(
     return [Span(a * FRAME, min(b * FRAME, n)) for a, b in out if a * FRAME < n]
 
 
+def max_segment_seconds(text: str) -> float:
+    """The value of a `--max-segment-seconds` option: more than 1 s, at most 30 s."""
+    value = float(text)
+    if not 1.0 < value <= WINDOW_SECONDS:
+        raise ValueError(f"{text} is not in (1, {WINDOW_SECONDS}]")
+    return value
+
+
 def split_audio(
     samples: np.ndarray,
     segmentation: str = "vad",

@@ -143,13 +143,19 @@ def add_serve_subcommand(subparsers: argparse._SubParsersAction) -> argparse.Arg
     )
     p.add_argument(
         "--asr-max-segment-seconds",
-        type=float,
+        type=_max_segment_seconds,
         default=d.asr_max_segment_seconds,
         help="longest transcription segment with vad segmentation (at most 30)",
     )
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=serve)
     return p
+
+
+def _max_segment_seconds(text: str) -> float:
+    from ..asr.segment import max_segment_seconds
+
+    return max_segment_seconds(text)
 
 
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
