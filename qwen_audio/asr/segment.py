@@ -57,11 +57,19 @@ def fixed_windows(num_samples: int, window_seconds: float = WINDOW_SECONDS) -> l
 
 
 def frame_levels(samples: np.ndarray) -> np.ndarray:
-    """Level of every 10 ms frame in dBFS (digital silence is -100)."""
-    n = -(-len(samples) // FRAME)
-    x = np.zeros(n * FRAME, dtype=np.float64)
-    x[: len(samples)] = samples
-    power = np.mean(x.reshape(n, FRAME) ** 2, axis=1)
+    """Level of every 10 ms frame in dBFS (digital silence is -100). Blocks of 8,192 frames
+    bound the scratch memory (a 20-minute file is 19 M samples)."""
+    x = np.asarray(samples, dtype=np.float32)
+    n = -(-len(x) // FRAME)
+    power = np.empty(n, dtype=np.float64)
+    block = 8192
+    for i in range(0, n, block):
+        chunk = x[i * FRAME : (i + block) * FRAME].astype(np.float64)
+        frames = -(-len(chunk) // FRAME)
+        if len(chunk) < frames * FRAME:  # the last frame, padded with silence
+            chunk = np.concatenate([chunk, np.zeros(frames * FRAME - len(chunk))])
+        chunk = chunk.reshape(frames, FRAME)
+        power[i : i + frames] = np.einsum("ij,ij->i", chunk, chunk) / FRAME
     return 10.0 * np.log10(power + 1e-10)
 
 
