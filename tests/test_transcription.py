@@ -15,6 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import openai
 import pytest
 import soundfile as sf
 from openai import OpenAI
@@ -269,15 +270,23 @@ def test_max_segment_seconds_option(capsys):
 
 
 @needs_espeak
-def test_cli_and_server_give_the_same_text_on_the_demo_model(speech_file, capsys, monkeypatch):
+@pytest.mark.parametrize(
+    "options", [{}, {"language": "en"}, {"segmentation": "fixed"}], ids=["default", "en", "fixed"]
+)
+def test_cli_and_server_give_the_same_text_on_the_demo_model(
+    speech_file, capsys, monkeypatch, options
+):
     from qwen_audio.async_llm import AsyncLLM
 
     monkeypatch.delenv("QWEN_AUDIO_MODEL", raising=False)
     path, truth = speech_file
-    assert main(["transcribe", path, "--format", "verbose_json", "--dtype", "float32"]) == 0
+    flags = [x for k, v in options.items() for x in (f"--{k}", v)]
+    args = ["transcribe", path, "--format", "verbose_json", "--dtype", "float32", *flags]
+    assert main(args) == 0
     cli = json.loads(capsys.readouterr().out)
-    assert "will start at nine in the morning on Monday" in cli["text"]  # chat prompts
-    assert len(cli["segments"]) == len(truth)
+    if not options:
+        assert "will start at nine in the morning on Monday" in cli["text"]  # chat prompts
+        assert len(cli["segments"]) == len(truth)
 
     engine = AsyncLLM(default_model(), dtype="float32")
     try:
@@ -285,11 +294,15 @@ def test_cli_and_server_give_the_same_text_on_the_demo_model(speech_file, capsys
         with live_server(create_app(engine, ServerSettings(max_upload_mb=5.0))) as url:
             client = OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
             v = client.audio.transcriptions.create(
-                model="m", file=("a.wav", Path(path).read_bytes()), response_format="verbose_json"
+                model="m",
+                file=("a.wav", Path(path).read_bytes()),
+                response_format="verbose_json",
+                language=options.get("language", openai.NOT_GIVEN),
+                extra_body={k: v for k, v in options.items() if k == "segmentation"},
             )
     finally:
         engine.shutdown()
-    assert v.text == cli["text"]
+    assert v.text == cli["text"] and v.text
     assert [(s.start, s.end, s.text) for s in v.segments] == [
         (s["start"], s["end"], s["text"]) for s in cli["segments"]
     ]
