@@ -72,4 +72,6 @@ def test_readme_gets_a_newcomer_from_the_quickstart_to_the_commands():
     assert "issue 7" not in text  # the project's history is not a column heading
     mention = text.index("build/demo/report.json")
     assert "make demo-model" in text[mention - 200 : mention]  # how a clone gets that file
-    assert "--format srt" in text and "fixed 30 s windows" in text
+    # what a long file's SRT holds: a cue per segment cut at pauses, and how to get fixed windows
+    assert "--format srt" in text and "one cue per segment" in text
+    assert "--segmentation\nfixed" in text or "--segmentation fixed" in text

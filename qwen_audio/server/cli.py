@@ -218,8 +218,8 @@ def serve(args: argparse.Namespace) -> int:
     if args.device:
         kwargs["device"] = args.device
     engine = AsyncLLM(args.model, prepare_workers=settings.prepare_workers, **kwargs)
-    app = create_app(engine, settings)
-    try:
+    try:  # the engine's thread stops whatever fails from here on, building the app included
+        app = create_app(engine, settings)
         uvicorn.Server(uvicorn_config(app, settings, log_level=args.log_level.lower())).run()
     finally:
         if hasattr(engine, "shutdown"):
