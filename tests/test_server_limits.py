@@ -325,3 +325,23 @@ def test_a_body_that_is_not_read_cannot_hold_the_connection(strict_url):
     head = b"POST /nowhere HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n"
     answer = raw_request(strict_url, head, [b"x"] * 20, pause=0.1)
     assert answer.startswith(b"HTTP/1.1 404")  # and then the connection was closed
+
+
+def test_the_queue_limit_counts_the_engine_requests_of_one_transcription():
+    """A transcription is one HTTP request but one engine request per segment: while its
+    segments wait in the engine, new requests are refused as the queue limit says."""
+    from qwen_audio.server.engine_calls import Admission
+    from qwen_audio.server.metrics import Metrics
+    from qwen_audio.server.protocol import APIError
+    from qwen_audio.server.settings import ServerSettings
+
+    class Engine:  # one transcription in flight: 2 segments running, 5 waiting
+        def stats(self) -> dict:
+            return {"running": 2, "waiting": 5}
+
+    admission = Admission(Engine(), ServerSettings(max_queue=4), Metrics("m"))
+    admission.in_flight = 1
+    with pytest.raises(APIError) as err:
+        admission.admit()
+    assert err.value.status == 429
+    Admission(Engine(), ServerSettings(max_queue=8), Metrics("m")).admit()  # 5 < 8: admitted

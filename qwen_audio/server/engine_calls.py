@@ -145,8 +145,14 @@ class Admission:
         # No fallback: a wrong count here would silently turn the queue limit off or on.
         return int(self.engine.stats()["running"])
 
+    def waiting(self) -> int:
+        """Admitted requests not yet running, or the engine's own queue if that is longer: one
+        transcription is one HTTP request but one engine request per segment."""
+        stats = self.engine.stats()
+        return max(self.in_flight - int(stats["running"]), int(stats.get("waiting", 0)))
+
     def admit(self) -> Slot:
-        waiting = self.in_flight - self.running()
+        waiting = self.waiting()
         if waiting >= self.settings.max_queue:
             self.metrics.rejected_full += 1
             raise APIError(
