@@ -9,29 +9,18 @@ import pytest
 import torch
 
 from qwen_audio import precision as prec
+from qwen_audio.bench.checkpoint import SHAPE_7B
 from qwen_audio.config import CheckpointError, ModelConfig
-from tests.fixtures.checkpoints import Shape, _config_dict
+from tests.fixtures.checkpoints import _config_dict
 
 CPU = torch.device("cpu")
 GiB = 2**30
-SEVEN_B = Shape(
-    hidden_size=4096,
-    num_hidden_layers=32,
-    num_attention_heads=32,
-    num_key_value_heads=32,
-    intermediate_size=11008,
-    vocab_size=156032,
-    d_model=1280,
-    encoder_layers=32,
-    encoder_attention_heads=20,
-    encoder_ffn_dim=5120,
-)
 
 
 @pytest.fixture
 def config_7b(tmp_path):
     special = {"endoftext": 0, "im_end": 1, "audio": 2}
-    (tmp_path / "config.json").write_text(json.dumps(_config_dict(SEVEN_B, 2, "v4", special)))
+    (tmp_path / "config.json").write_text(json.dumps(_config_dict(SHAPE_7B, 2, "v4", special)))
     return ModelConfig.from_dir(tmp_path)
 
 
