@@ -12,8 +12,9 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..asr.prompts import AUDIO_PLACEHOLDER
 from ._http import RetryPolicy, endpoint, post_json
-from .tasks import AUDIO_PLACEHOLDER, SYSTEM_PROMPT
+from .tasks import SYSTEM_PROMPT
 
 MAX_TOKENS = 256  # the original scripts' max_new_tokens (greedy, min_new_tokens 1)
 
