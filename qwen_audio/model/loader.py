@@ -244,14 +244,13 @@ def _entry(path: Path, key: str) -> tuple[dict, int]:
     return entry, 8 + header_len
 
 
-def read_unmapped(path: Path, key: str, rows: tuple[int, int] | None = None) -> torch.Tensor:
-    """One tensor of a safetensors file (or its `rows` [r0, r1)), read into ordinary memory
-    instead of mapped."""
-    entry, data_start = _entry(path, key)
+def _read_rows(path: Path, entry: dict, data_start: int, rows: tuple[int, int]) -> torch.Tensor:
+    """Rows [r0, r1) of a tensor of a safetensors file, read into ordinary memory instead of
+    mapped (their file pages never count in the process's memory)."""
     np_dtype, kind = _NUMPY_DTYPES[entry["dtype"]]
     shape = list(entry["shape"])
     row_items = math.prod(shape[1:])
-    r0, r1 = rows if rows is not None else (0, shape[0])
+    r0, r1 = rows
     itemsize = np.dtype(np_dtype).itemsize
     with open(path, "rb") as fh:
         fh.seek(data_start + entry["data_offsets"][0] + r0 * row_items * itemsize)
@@ -268,7 +267,7 @@ def quantize_unmapped(
     """A 2-D weight quantized while it is read, `QUANTIZE_READ_BYTES` of rows at a time (the
     7B head is 1.2 GiB of bf16: read whole, it would be the peak of an int4 load).
     Returns the packed weight, its scales, the stored shape and the bytes read."""
-    entry, _ = _entry(path, key)
+    entry, data_start = _entry(path, key)  # the header is parsed once, not once per block
     shape = tuple(entry["shape"])
     if len(shape) != 2:
         raise CheckpointError(f"{path.name}: {key} has shape {shape}, not a matrix")
@@ -277,7 +276,8 @@ def quantize_unmapped(
     q = scales = None
     for r0 in range(0, shape[0], rows):
         r1 = min(shape[0], r0 + rows)
-        q_part, s_part = quantize_in_chunks(method, read_unmapped(path, key, (r0, r1)))
+        block = _read_rows(path, entry, data_start, (r0, r1))
+        q_part, s_part = quantize_in_chunks(method, block)
         if q is None:  # filled in place: no second copy of the packed weight while joining
             q = q_part.new_empty((shape[0], *q_part.shape[1:]))
             scales = s_part.new_empty((shape[0], *s_part.shape[1:]))
