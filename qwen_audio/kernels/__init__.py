@@ -96,17 +96,21 @@ def usable_isas() -> list[str]:
     return ISA_ORDER[1 : ISA_ORDER.index(best) + 1]
 
 
-def _headers_hash() -> str:
-    """torch rebuilds when the .cpp or the flags change; the headers' hash goes into the flags."""
+def _sources_hash() -> str:
+    """A digest of the kernel sources (the .cpp and its headers)."""
     digest = hashlib.sha1()
-    for header in sorted(_DIR.glob("*.h")):
-        digest.update(header.read_bytes())
+    for source in sorted(_DIR.glob("*.h")) + [_SOURCE]:
+        digest.update(source.read_bytes())
     return digest.hexdigest()[:12]
 
 
 def build_directory() -> Path:
-    """Where the compiled kernels are cached: one folder per torch version and machine."""
-    tag = f"{torch.__version__.replace('+', '_')}-{platform.machine()}"
+    """Where the compiled kernels are cached: one folder per torch version, machine and source.
+
+    The sources' digest in the name keeps two versions of the package (an upgrade, two checkouts)
+    from rebuilding over each other's cache at every load.
+    """
+    tag = f"{torch.__version__.replace('+', '_')}-{platform.machine()}-{_sources_hash()}"
     return Path.home() / ".cache" / "qwen_audio" / "kernels" / tag
 
 
@@ -163,7 +167,7 @@ def load_kernels():
                 sources=[str(_SOURCE)],
                 # -fopenmp: at::parallel_for is an OpenMP pragma in a header, serial without it;
                 # the runtime resolves to the libgomp.so.1 that torch has already loaded
-                extra_cflags=["-O3", "-fopenmp", f"-DQWEN_AUDIO_HEADERS={_headers_hash()}"],
+                extra_cflags=["-O3", "-fopenmp"],
                 extra_ldflags=["-fopenmp"],
                 extra_include_paths=[str(_DIR)],
                 build_directory=str(build),
