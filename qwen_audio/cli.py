@@ -100,6 +100,12 @@ def add_transcribe_command(sub) -> None:
         default=20.0,
         help="longest segment with --segmentation vad (at most 30, default 20)",
     )
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress bar (there is none either when stderr is not a terminal)",
+    )
     p.set_defaults(func=_run_transcribe)
 
 

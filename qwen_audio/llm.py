@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -110,13 +110,15 @@ class LLM(EngineFrontend):
         *,
         add_generation_prompt: bool = True,
         use_tqdm: bool = False,
+        on_done: Callable[[int], None] | None = None,
     ) -> list[RequestOutput]:
-        """Answer one conversation or a list of them; one result per conversation, in order."""
+        """Answer one conversation or a list of them; one result per conversation, in order.
+        `on_done(i)` is called as the i-th one finishes (they finish in any order)."""
         batch = [conversations] if is_conversation(conversations) else list(conversations)
         prompts = [
             self.renderer.render_chat(c, add_generation_prompt=add_generation_prompt) for c in batch
         ]
-        return self._run(prompts, params, use_tqdm)
+        return self._run(prompts, params, use_tqdm, on_done)
 
     def generate(
         self,
@@ -125,10 +127,12 @@ class LLM(EngineFrontend):
         *,
         audios: list | None = None,
         use_tqdm: bool = False,
+        on_done: Callable[[int], None] | None = None,
     ) -> list[RequestOutput]:
         """Raw (base-model) prompts with `<|audio_bos|><|AUDIO|><|audio_eos|>` placeholders.
 
         `audios`: for one prompt, the list of its audios; for a list of prompts, one list each.
+        `on_done(i)` is called as the i-th prompt finishes.
         """
         if isinstance(prompts, str):
             prompts, audios = [prompts], [audios or []]
@@ -136,7 +140,7 @@ class LLM(EngineFrontend):
         if len(audios) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(audios)} audio lists")
         rendered = [self.renderer.render_raw(p, list(a)) for p, a in zip(prompts, audios)]
-        return self._run(rendered, params, use_tqdm)
+        return self._run(rendered, params, use_tqdm, on_done)
 
     # ---- streaming -----------------------------------------------------------------------
     def stream_chat(
@@ -151,7 +155,11 @@ class LLM(EngineFrontend):
 
     # ---- internals -----------------------------------------------------------------------
     def _run(
-        self, prompts: list[RenderedPrompt], params: SamplingParams | None, use_tqdm: bool
+        self,
+        prompts: list[RenderedPrompt],
+        params: SamplingParams | None,
+        use_tqdm: bool,
+        on_done: Callable[[int], None] | None = None,
     ) -> list[RequestOutput]:
         builders: dict[str, OutputBuilder] = {}
         order = []
@@ -166,6 +174,7 @@ class LLM(EngineFrontend):
 
             bar = tqdm(total=len(order), desc="generating")
         remaining = set(order)
+        index = {rid: i for i, rid in enumerate(order)}
         try:
             while remaining:
                 for out in self.engine.step():
@@ -179,6 +188,8 @@ class LLM(EngineFrontend):
                             self.engine.abort(out.request_id)
                         if bar is not None:
                             bar.update(1)
+                        if on_done is not None:
+                            on_done(index[out.request_id])
         except BaseException:
             for rid in remaining:
                 self.engine.abort(rid)

@@ -4,12 +4,15 @@ Every file is cut into segments (at pauses by default, or fixed 30 s windows wit
 `--segmentation fixed`); all segments of all files go to the engine in one batch, so continuous
 batching runs them together. Prompts, the chat/base rule, tag clean-up and the output formats are
 the server's (`/v1/audio/transcriptions`), so both give the same text for the same file and options.
+A progress bar on stderr counts the seconds of audio done (silence counts as done once found);
+it is off when stderr is not a terminal or with `--quiet`.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,9 +53,12 @@ def transcribe(
     max_tokens: int = 448,
     segmentation: str = "vad",
     max_segment_seconds: float = asr.DEFAULT_MAX_SECONDS,
+    progress: Callable[[float, float], None] | None = None,
 ) -> list[FileResult]:
     """A result per file; every segment of every file goes through the engine in one batch.
-    Segments whose text is empty after clean-up are left out."""
+    Segments whose text is empty after clean-up are left out. `progress(done, total)` is told
+    the seconds of audio done out of all files' seconds: first when every file is segmented
+    (the silence between segments is done then), then as each segment's text arrives."""
     style = asr.detect_style(llm.checkpoint, style)
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
     jobs: list[tuple[int, asr.Span]] = []
@@ -61,9 +67,22 @@ def transcribe(
     for i, f in enumerate(files):
         samples = load_audio(f)
         durations.append(round(len(samples) / SAMPLE_RATE, 3))
-        for span in asr.split_audio(samples, segmentation, max_segment_seconds):
+        spans = asr.split_audio(samples, segmentation, max_segment_seconds)
+        for span in spans:
             jobs.append((i, span))
             audios.append((samples[span.start : span.end], SAMPLE_RATE))
+    on_done = None
+    if progress is not None:
+        total = sum(durations)
+        done = total - sum(span.end - span.start for _, span in jobs) / SAMPLE_RATE
+        progress(done, total)
+
+        def on_done(j: int) -> None:
+            nonlocal done
+            span = jobs[j][1]
+            done += (span.end - span.start) / SAMPLE_RATE
+            progress(min(done, total), total)
+
     if not audios:
         results = []
     elif style == "chat":
@@ -77,10 +96,11 @@ def transcribe(
             ]
             for a in audios
         ]
-        results = llm.chat(convs, params)
+        results = llm.chat(convs, params, on_done=on_done)
     else:
         prompt = asr.base_prompt(task, language)
-        results = llm.generate([prompt] * len(audios), params, audios=[[a] for a in audios])
+        audio_lists = [[a] for a in audios]
+        results = llm.generate([prompt] * len(audios), params, audios=audio_lists, on_done=on_done)
     out = [FileResult(d, []) for d in durations]
     for (i, span), r in zip(jobs, results):
         text, tag = asr.clean_text(r.text)
@@ -114,16 +134,46 @@ def format_result(result: FileResult, fmt: str, *, task: str, language: str | No
     raise ValueError(f"unknown format {fmt!r}; use {', '.join(FORMATS)}")
 
 
+class ProgressBar:
+    """A tqdm bar on stderr in seconds of audio; `transcribe`'s `progress`."""
+
+    def __init__(self):
+        from tqdm import tqdm
+
+        self.bar = tqdm(
+            total=0,
+            desc="transcribing",
+            unit="s",
+            file=sys.stderr,
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s of audio "
+            "[{elapsed}<{remaining}]",
+        )
+
+    def __call__(self, done: float, total: float) -> None:
+        self.bar.total = total
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def transcribe_files(llm: LLM, args) -> int:
-    results = transcribe(
-        llm,
-        args.files,
-        language=args.language,
-        task=args.task,
-        style=args.style,
-        segmentation=getattr(args, "segmentation", "vad"),
-        max_segment_seconds=getattr(args, "max_segment_seconds", asr.DEFAULT_MAX_SECONDS),
-    )
+    quiet = getattr(args, "quiet", False) or not sys.stderr.isatty()
+    bar = None if quiet else ProgressBar()
+    try:
+        results = transcribe(
+            llm,
+            args.files,
+            language=args.language,
+            task=args.task,
+            style=args.style,
+            segmentation=getattr(args, "segmentation", "vad"),
+            max_segment_seconds=getattr(args, "max_segment_seconds", asr.DEFAULT_MAX_SECONDS),
+            progress=bar,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
     for f, result in zip(args.files, results):
         if len(args.files) > 1 and args.format in ("text", "srt", "vtt"):
             print(f"# {Path(f).name}", file=sys.stdout)

@@ -291,7 +291,7 @@ def test_server_predictor_sends_audio_and_prompts(dataset, tmp_path, fake_server
     assert user["content"][0]["type"] == "input_audio"
     assert user["content"][1] == {
         "type": "text",
-        "text": "Transcribe the English speech in this audio. Reply with the transcription only.",
+        "text": "Transcribe the speech. The speech is in English.",  # qwen-audio transcribe's
     }
 
 

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from qwen_audio.eval import metrics
+from qwen_audio.asr import chat_instruction
+from qwen_audio.eval import metrics, tasks
 from qwen_audio.eval.cli import score_file
 from qwen_audio.eval.data import load_rows
 from qwen_audio.eval.score import read_predictions, score_predictions
@@ -54,9 +55,17 @@ def _row(source="covost2_en_de_test", prompt="row prompt"):
 def test_prompts_and_variants():
     asr, st = get_task("librispeech"), get_task("covost2")
     assert resolve_prompt(asr, _row("librispeech_test_clean")) == ("row prompt", False)
+    # the published base prompt, and the instruct variant: what `qwen-audio transcribe` sends
+    assert tasks.ASR_PROMPT == "Detect the language and recognize the speech: <|{lang}|>"
     assert resolve_prompt(asr, _row(), variant="instruct") == (
-        "Transcribe the English speech in this audio. Reply with the transcription only.",
+        "Transcribe the speech. The speech is in English.",
         True,
+    )
+    assert resolve_prompt(asr, _row(), variant="instruct")[0] == chat_instruction(
+        "transcribe", "en"
+    )
+    assert resolve_prompt(get_task("cv15_yue"), _row(), variant="instruct")[0] == (
+        "Transcribe the speech. The speech is in Cantonese."
     )
     assert resolve_prompt(st, _row("covost2_en_zh_test"), variant="instruct")[0] == (
         "Translate the speech in this audio into Mandarin. Reply with the translation only."

@@ -11,6 +11,7 @@ import asyncio
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -306,3 +307,79 @@ def test_cli_and_server_give_the_same_text_on_the_demo_model(
     assert [(s.start, s.end, s.text) for s in v.segments] == [
         (s["start"], s["end"], s["text"]) for s in cli["segments"]
     ]
+
+
+# ---- the command line: every segment of every file in one batch, a progress bar in audio seconds
+
+
+class FakeLLM:
+    """`LLM.chat` as `transcribe` uses it: records each batch, finishes the last one first."""
+
+    checkpoint = None  # chat prompts
+
+    def __init__(self):
+        self.batches: list[int] = []
+
+    def chat(self, convs, params, on_done=None):
+        self.batches.append(len(convs))
+        for i in reversed(range(len(convs))):
+            if on_done is not None:
+                on_done(i)
+        return [
+            SimpleNamespace(text=f"<|en|> segment {i}.", token_ids=[i]) for i in range(len(convs))
+        ]
+
+
+def transcribe_args(files, **kw) -> SimpleNamespace:
+    base = dict(language=None, task="transcribe", style="auto", format="text", quiet=False)
+    base.update(segmentation="vad", max_segment_seconds=20.0)
+    return SimpleNamespace(files=files, **{**base, **kw})
+
+
+@needs_espeak
+def test_cli_sends_every_segment_of_every_file_at_once_with_audio_progress(
+    speech_file, tmp_path, capsys, monkeypatch
+):
+    from qwen_audio.transcribe import transcribe, transcribe_files
+
+    path, truth = speech_file
+    short = tmp_path / "short.wav"
+    sf.write(short, load_audio(path)[: 4 * SR], SR)  # the first sentence only
+    llm, seen = FakeLLM(), []
+    results = transcribe(llm, [path, str(short)], progress=lambda d, t: seen.append((d, t)))
+    assert llm.batches == [len(truth) + 1]  # one batch for both files
+    assert [len(r.segments) for r in results] == [len(truth), 1]
+    assert results[0].text == " ".join(f"segment {i}." for i in range(len(truth)))
+    total = results[0].duration + results[1].duration
+    assert all(t == total for _, t in seen) and len(seen) == len(truth) + 2
+    done = [d for d, _ in seen]
+    assert done == sorted(done) and done[-1] == pytest.approx(total)
+    speech = sum(s.end - s.start for r in results for s in r.segments)
+    assert done[0] == pytest.approx(total - speech, abs=1e-3)  # the silence, before any text
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert transcribe_files(FakeLLM(), transcribe_args([path, str(short)])) == 0
+    out, err = capsys.readouterr()
+    assert out == "# three.wav\nsegment 0. segment 1. segment 2.\n# short.wav\nsegment 3.\n"
+    assert "100%" in err and f"{total:.1f}/{total:.1f} s of audio" in err
+    assert transcribe_files(FakeLLM(), transcribe_args([path], quiet=True)) == 0
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    assert transcribe_files(FakeLLM(), transcribe_args([path])) == 0
+    assert capsys.readouterr().err == ""  # not a terminal: no bar
+
+
+def test_llm_reports_each_finished_prompt(monkeypatch):
+    from qwen_audio.llm import LLM
+    from qwen_audio.sampling import SamplingParams
+
+    monkeypatch.delenv("QWEN_AUDIO_MODEL", raising=False)
+    llm = LLM(default_model(), dtype="float32")
+    seen: list[int] = []
+    params = SamplingParams(temperature=0.0, max_tokens=4)
+    convs = [[{"role": "user", "content": t}] for t in ("Hi.", "Say something long.", "Why?")]
+    assert len(llm.chat(convs, params, on_done=seen.append)) == 3
+    assert sorted(seen) == [0, 1, 2]
+    seen.clear()
+    llm.generate(["a", "b"], params, on_done=seen.append)
+    assert sorted(seen) == [0, 1]

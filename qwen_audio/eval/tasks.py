@@ -2,8 +2,11 @@
 
 Prompts (*unverified* ones come from third-party code, see QWEN2_AUDIO.md) are part of the task;
 a row's own `prompt` wins over the default, `--prompt` wins over both, and the "instruct"
-variant swaps ASR/S2TT prompts for Instruct-style requests in the chat template. Reading the
-rows is in data.py.
+variant swaps ASR/S2TT prompts for Instruct-style requests in the chat template. The ASR
+prompts are `qwen_audio.asr`'s, the ones `qwen-audio transcribe` and the server send: the base
+prompt is the published one, and the instruct variant is the transcription front-ends' chat
+request for the task's language. The scoring clean-up stays the published one (normalize.py),
+not the front-ends' tag cleaner: it is part of the protocol. Reading the rows is in data.py.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import json
 import re
 from dataclasses import dataclass, field, replace
 
-from ..asr.prompts import LANGUAGES
+from ..asr.prompts import AUDIO_PLACEHOLDER, LANGUAGES, base_prompt, chat_instruction
 
 SYSTEM_PROMPT = "You are a helpful assistant."
 
@@ -26,7 +29,9 @@ COVOST2_PAIRS = tuple(
     + [("en", x) for x in "de ca zh fa et mn tr ar sv lv sl ta ja id cy".split()]
 )
 
-ASR_PROMPT = "Detect the language and recognize the speech: <|{lang}|>"  # unverified
+# "Detect the language and recognize the speech: <|{lang}|>" (unverified), the front-ends' base
+# prompt without the audio placeholder (the predictors add it).
+ASR_PROMPT = base_prompt("transcribe", "{lang}").removeprefix(AUDIO_PLACEHOLDER)
 S2TT_PROMPT = "Detect the language and translate the speech into {target_language}: <|{lang}|>"
 SER_PROMPT = "Recognize the emotion with keywords in English:"  # unverified
 VSC_PROMPT = "Classify the human vocal sound to VocalSound in English:"
@@ -34,10 +39,9 @@ FOUNDATION_PROMPT = (
     "Choose the most suitable answer from options A, B, C, and D to respond the question in "
     "next line, you may only choose A or B or C or D."
 )
-# Our own phrasing for Instruct checkpoints, which follow instructions rather than task tags.
-INSTRUCT_ASR_PROMPT = (
-    "Transcribe the {language} speech in this audio. Reply with the transcription only."  # noqa: E501
-)
+# Our own phrasing for Instruct checkpoints, which follow instructions rather than task tags
+# (ASR: `chat_instruction`, per task language; S2TT into any language, which the front-ends'
+# translation into English does not cover).
 INSTRUCT_S2TT_PROMPT = (
     "Translate the speech in this audio into {target_language}. Reply with the translation only."
 )
@@ -144,7 +148,7 @@ def _asr_task(name, language, files, published, description, source) -> Task:
         data_files=files,
         language=language,
         prompt=ASR_PROMPT,
-        instruct_prompt=INSTRUCT_ASR_PROMPT,
+        instruct_prompt=chat_instruction("transcribe", language),
         published=published,
         row_example={
             "audio": "clips/0001.flac",
