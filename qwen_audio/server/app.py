@@ -8,7 +8,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi import FastAPI, File, Form, Request, UploadFile, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -21,6 +21,7 @@ from .engine_calls import ClientGone
 from .handlers import Handlers
 from .limits import too_many_messages
 from .protocol import MAX_MESSAGES, APIError, ChatCompletionRequest, CompletionRequest
+from .realtime import Realtime
 from .settings import ServerSettings
 from .transcription import AudioForm
 
@@ -31,6 +32,7 @@ ENDPOINTS = {
     "/v1/completions": "completions",
     "/v1/audio/transcriptions": "transcriptions",
     "/v1/audio/translations": "translations",
+    "/v1/realtime": "realtime",
     "/v1/models": "models",
     "/health": "health",
     "/metrics": "metrics",
@@ -128,10 +130,28 @@ def host_name(header: str) -> str:
     return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
 
 
+KEY_SUBPROTOCOL = "openai-insecure-api-key."  # how OpenAI's browser client sends a key
+
+
+def bearer_token(headers: dict[bytes, bytes], websocket: bool) -> str | None:
+    scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+    if scheme.lower() == "bearer":
+        return token.strip()
+    if websocket:  # a browser cannot set headers on a websocket; it offers a subprotocol
+        offered = headers.get(b"sec-websocket-protocol", b"").decode("latin-1").split(",")
+        for protocol in (p.strip() for p in offered):
+            if protocol.startswith(KEY_SUBPROTOCOL):
+                return protocol[len(KEY_SUBPROTOCOL) :]
+    return None
+
+
 class Gatekeeper:
     """What is decided before a request's body is read: the Host header (a page that rebinds its
     DNS name to 127.0.0.1 must not reach a local server), and the API key of the protected paths
-    (an unauthenticated body is never parsed); then the security headers of every answer."""
+    (an unauthenticated body is never parsed); then the security headers of every answer.
+    Websockets get the same checks, and one more: browsers let any page open a websocket to any
+    server (CORS does not apply), so one from a page of another origin is refused unless that
+    origin is in --cors-origins."""
 
     PROTECTED = ("/v1/", "/metrics", "/openapi.json")
 
@@ -141,6 +161,14 @@ class Gatekeeper:
         self.hosts = allowed_host_names(settings)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            headers = dict(scope["headers"])
+            err = self._refusal(scope["path"], headers, websocket=True) or self._cross_origin(
+                headers
+            )
+            if err is not None:
+                return await deny_websocket(err, scope, receive, send)
+            return await self.app(scope, receive, send)
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
@@ -150,7 +178,24 @@ class Gatekeeper:
             return await response(scope, receive, self._with_security_headers(send, scope))
         await self.app(scope, receive, self._with_security_headers(send, scope))
 
-    def _refusal(self, path: str, headers: dict[bytes, bytes]) -> APIError | None:
+    def _cross_origin(self, headers: dict[bytes, bytes]) -> APIError | None:
+        origin = headers.get(b"origin", b"").decode("latin-1")
+        if not origin:  # not a browser
+            return None
+        allowed = self.settings.cors_origins
+        same = origin.split("://", 1)[-1].lower() == headers.get(b"host", b"").decode().lower()
+        if same or origin in allowed or "*" in allowed:
+            return None
+        return APIError(
+            403,
+            f"a websocket from a page of {origin!r} is refused: not this server's origin nor in "
+            "--cors-origins",
+            code="origin_not_allowed",
+        )
+
+    def _refusal(
+        self, path: str, headers: dict[bytes, bytes], websocket: bool = False
+    ) -> APIError | None:
         if self.hosts is not None:
             host = headers.get(b"host", b"").decode("latin-1")
             if host_name(host) not in self.hosts:
@@ -160,9 +205,9 @@ class Gatekeeper:
                     code="host_not_allowed",
                 )
         if self.settings.api_key is not None and path.startswith(self.PROTECTED):
-            scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
-            if scheme.lower() != "bearer" or not secrets.compare_digest(
-                token.strip().encode("latin-1"), self.settings.api_key.encode()
+            token = bearer_token(headers, websocket)
+            if token is None or not secrets.compare_digest(
+                token.encode("latin-1"), self.settings.api_key.encode()
             ):
                 return APIError(
                     401,
@@ -190,6 +235,20 @@ class Gatekeeper:
             await send(message)
 
         return wrapped
+
+
+async def deny_websocket(err: APIError, scope: Scope, receive: Receive, send: Send) -> None:
+    """Refuses a websocket handshake with the error's status and JSON body where the server
+    supports that (uvicorn does), else with a plain 403."""
+    if (await receive())["type"] != "websocket.connect":
+        return
+    if "websocket.http.response" not in scope.get("extensions", {}):
+        return await send({"type": "websocket.close", "code": 1008})
+    body = JSONResponse(err.body()).body
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in (err.headers or {}).items()]
+    await send({"type": "websocket.http.response.start", "status": err.status, "headers": headers})
+    await send({"type": "websocket.http.response.body", "body": body})
 
 
 class CountRequests:
@@ -326,6 +385,13 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
 
     audio_route("/v1/audio/transcriptions", translate=False)
     audio_route("/v1/audio/translations", translate=True)
+
+    realtime = Realtime(handlers, settings)
+    app.state.realtime = realtime
+
+    @app.websocket("/v1/realtime")
+    async def realtime_session(ws: WebSocket):
+        await realtime.serve(ws)
 
     @app.get("/v1/models")
     async def models():

@@ -147,6 +147,40 @@ def add_serve_subcommand(subparsers: argparse._SubParsersAction) -> argparse.Arg
         default=d.asr_max_segment_seconds,
         help="longest transcription segment with vad segmentation (at most 30)",
     )
+    p.add_argument(
+        "--realtime-max-sessions",
+        type=int,
+        default=d.realtime_max_sessions,
+        help="realtime transcription sessions (/v1/realtime) at once",
+    )
+    p.add_argument(
+        "--realtime-max-event-kb",
+        type=float,
+        default=d.realtime_max_event_kb,
+        metavar="KB",
+        help="largest realtime client event (an append of base64 audio)",
+    )
+    p.add_argument(
+        "--realtime-max-utterance-seconds",
+        type=_max_segment_seconds,
+        default=d.realtime_max_utterance_seconds,
+        metavar="S",
+        help="a realtime utterance this long is cut and transcribed (at most 30)",
+    )
+    p.add_argument(
+        "--realtime-max-pending",
+        type=int,
+        default=d.realtime_max_pending,
+        metavar="N",
+        help="transcriptions of one realtime session running at once",
+    )
+    p.add_argument(
+        "--realtime-idle-timeout",
+        type=float,
+        default=d.realtime_idle_timeout_s,
+        metavar="S",
+        help="close a realtime session that sends no event this long",
+    )
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=serve)
     return p
@@ -186,6 +220,11 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         keep_alive_timeout_s=args.keep_alive_timeout,
         max_connections=args.max_connections,
         prepare_workers=args.prepare_workers,
+        realtime_max_sessions=args.realtime_max_sessions,
+        realtime_max_event_kb=args.realtime_max_event_kb,
+        realtime_max_utterance_seconds=args.realtime_max_utterance_seconds,
+        realtime_max_pending=args.realtime_max_pending,
+        realtime_idle_timeout_s=args.realtime_idle_timeout,
     )
 
 

@@ -132,5 +132,8 @@ def uvicorn_config(app: ASGIApp, settings: ServerSettings, **options: Any) -> uv
         http=head_timeout_protocol(settings.read_timeout_s),
         timeout_keep_alive=settings.keep_alive_timeout_s,
         limit_concurrency=settings.max_connections,
+        # websocket messages past twice the realtime event limit close the connection (1009);
+        # below that the session answers an oversized event with an error event and goes on
+        ws_max_size=2 * settings.realtime_max_event_bytes,
         **options,
     )

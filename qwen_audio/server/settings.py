@@ -67,9 +67,23 @@ class ServerSettings:
     asr_segmentation: str = "vad"
     asr_max_segment_seconds: float = 20.0
 
+    # Realtime transcription sessions (/v1/realtime, realtime.py)
+    realtime_max_sessions: int = 16  # websocket sessions at once; more get an error and a close
+    # One client event: 2 MiB of base64 is 1.5 MB of pcm16, 32 s at 24 kHz.
+    realtime_max_event_kb: float = 2048.0
+    # An utterance this long is cut (at its quietest 100 ms in the second half) and transcribed,
+    # and so is a client-committed buffer without turn detection: at most 30, the encoder's span.
+    realtime_max_utterance_seconds: float = 20.0
+    realtime_max_pending: int = 4  # transcriptions of one session in the engine at once
+    realtime_idle_timeout_s: float = 60.0  # a session with no client event this long is closed
+
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * MB)
+
+    @property
+    def realtime_max_event_bytes(self) -> int:
+        return int(self.realtime_max_event_kb * 1024)
 
     @property
     def max_body_bytes(self) -> int:
