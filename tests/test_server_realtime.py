@@ -316,10 +316,14 @@ def test_session_limit(engine):
             assert closed.value.rcvd.code == 1013
         first.send(json.dumps({"type": "input_audio_buffer.clear"}))
         until(first, "input_audio_buffer.cleared")  # the first is unaffected
-    with serve(engine, realtime_max_sessions=1) as url:
-        for _ in range(3):  # a closed session frees its place
+    app = create_app(engine, ServerSettings(realtime_max_sessions=1))
+    with live_server(app) as url:
+        for _ in range(3):  # a closed session frees its place (once the server saw the close)
             with connect(ws_url(url)) as ws:
                 until(ws, "session.created")
+            deadline = time.monotonic() + 5
+            while app.state.realtime.open and time.monotonic() < deadline:
+                time.sleep(0.01)
 
 
 def test_idle_session_is_closed(engine):
