@@ -183,3 +183,53 @@ def test_hands_free_turn(speech):
             page.uncheck("#handsfree")
         finally:
             browser.close()
+
+
+def test_live_captions(speech, tmp_path):
+    """Live captions: the microphone streams to /v1/realtime, the server's turn detection cuts
+    the speech at its pauses, and each utterance's transcription appears as a caption line."""
+    import numpy as np
+    import soundfile as sf
+    from playwright.sync_api import expect, sync_playwright
+
+    x, rate = sf.read(speech, dtype="float32")
+    loud = np.flatnonzero(np.abs(x) > 0.01)
+    spoken = (loud[-1] - loud[0]) / rate
+    padded = tmp_path / "padded.wav"  # a second of silence before, two after
+    sf.write(padded, np.concatenate([np.zeros(rate), x, np.zeros(2 * rate)]), rate)
+
+    engine = FakeEngine()
+    with live_server(create_app(engine, ServerSettings())) as url, sync_playwright() as p:
+        browser = launch(p, padded, loop=False)
+        try:
+            context = browser.new_context(permissions=["microphone"])
+            page = context.new_page()
+            page.goto(url)
+            expect(page.locator("#status")).to_have_attribute("data-state", "ok")
+            page.click("#captions")
+            expect(page.locator("#captions")).to_have_class(re.compile("recording"))
+            expect(page.locator("#captions-panel")).to_be_visible()
+            final = page.locator(".caption.final")
+            expect(final.first).to_contain_text("heard 1 audio(s)", timeout=20000)
+            page.wait_for_timeout(2500)  # the rest of the file, then silence
+            page.click("#captions")
+            expect(page.locator("#captions")).not_to_have_class(re.compile("recording"))
+            page.wait_for_timeout(1500)
+            texts = final.all_inner_texts()
+            seconds = []
+            for text in texts:
+                m = re.fullmatch(
+                    r"heard 1 audio\(s\) of (\d+\.\d) s: Transcribe the speech\.", text
+                )
+                assert m, texts
+                seconds.append(float(m.group(1)))
+            # the speech reached the engine whole, cut at pauses, without the silence around it
+            assert spoken - 0.2 <= sum(seconds) <= spoken + 0.6 * len(seconds) + 0.4, (
+                seconds,
+                spoken,
+            )
+            assert page.locator(".msg.error").count() == 0
+            assert all(c["messages"][0]["content"][0]["audio"][1] == 16000 for c in engine.calls)
+            page.screenshot(path=str(ARTIFACTS / "server_web_live_captions.png"), full_page=True)
+        finally:
+            browser.close()
