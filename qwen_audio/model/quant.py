@@ -72,3 +72,42 @@ def quantize(method: str, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def bits_per_weight(method: str) -> float:
     """Storage per weight, scales included (8.5 and 4.5 bits)."""
     return {"int8": 8.0, "int4": 4.0}[method] + 16.0 / GROUP
+
+
+# x86 decode layout of int4 weights, "x16": 16 output rows interleaved (made at load time for
+# the kernels, never stored in files). Per block of 16 rows and group of 32 inputs: 256 bytes of
+# nibbles in 4 chunks of 64, where chunk j holds, at byte 4r + i, row r's weights 4j + i (low
+# nibble) and 16 + 4j + i (high nibble), i.e. the row-major group's bytes 4j..4j+3; and, in a
+# second array, the 16 rows' fp16 scales. A 32-bit lane is then one row's 4 consecutive weights:
+# one vector register multiplies 16 rows (AVX-512) or 8 (AVX2, half a chunk) by the same 4
+# inputs, broadcast, and the rows' sums land in one register. N is padded to a multiple of 16
+# with zero weights.
+X16_ROWS = 16
+
+
+def interleave_int4(q: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row-major int4 (N, K/2) + fp16 scales (N, K/32) -> x16 nibbles (ceil(N/16), K/32 * 256)
+    and scales (ceil(N/16), K/32 * 16)."""
+    N, half = q.shape
+    groups = half * 2 // GROUP
+    pad = -N % X16_ROWS
+    if pad:
+        q = torch.cat([q, torch.full((pad, half), 0x88, dtype=torch.uint8)])
+        scale = torch.cat([scale, torch.zeros(pad, groups, dtype=torch.float16)])
+    blocks = (N + pad) // X16_ROWS
+    # nibble bytes as int32 words (4 bytes = one row's chunk j): (b, r, g, j) -> (b, g, j, r)
+    words = q.contiguous().view(torch.int32).view(blocks, X16_ROWS, groups, 4)
+    nibbles = words.permute(0, 2, 3, 1).contiguous().view(torch.uint8)
+    scales = scale.contiguous().view(blocks, X16_ROWS, groups).transpose(1, 2).contiguous()
+    return nibbles.view(blocks, groups * 256), scales.view(blocks, groups * X16_ROWS)
+
+
+def deinterleave_int4(
+    nibbles: torch.Tensor, scales: torch.Tensor, N: int, K: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inverse of `interleave_int4`: row-major (N, K/2) uint8 and (N, K/32) fp16 scales."""
+    blocks, groups = nibbles.shape[0], K // GROUP
+    words = nibbles.contiguous().view(torch.int32).view(blocks, groups, 4, X16_ROWS)
+    q = words.permute(0, 3, 1, 2).contiguous().view(torch.uint8)
+    s = scales.view(blocks, groups, X16_ROWS).transpose(1, 2).reshape(blocks * X16_ROWS, groups)
+    return q.reshape(blocks * X16_ROWS, K // 2)[:N].contiguous(), s[:N].contiguous()

@@ -109,6 +109,9 @@ class Qwen2Attention(nn.Module):
         self.k_proj = nn.Linear(cfg.hidden_size, self.num_kv_heads * self.head_dim, bias=True)
         self.v_proj = nn.Linear(cfg.hidden_size, self.num_kv_heads * self.head_dim, bias=True)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, cfg.hidden_size, bias=False)
+        # (q (H, D) float32, keys, values (Hkv, T, D)) -> (H, D) float32: the CPU kernels'
+        # decode attention, set by `packed.attach_kernels`; None: PyTorch's
+        self.decode_kernel = None
 
     def forward(
         self,
@@ -139,7 +142,11 @@ class Qwen2Attention(nn.Module):
             total = ki.shape[1]
             # SDPA gets 4-D inputs: for 3-D ones the CPU dispatcher skips the fused kernel and
             # runs the unfused math path (4x slower on a 30 s clip).
-            if n == 1:
+            if n == 1 and self.decode_kernel is not None and ki.dtype != torch.float32:
+                # 16-bit caches: PyTorch's fused attention is slow with one 16-bit query on CPU
+                q2 = qi.reshape(H, D).float()
+                out = self.decode_kernel(q2, ki, vi).to(qi.dtype).view(H, 1, D)
+            elif n == 1:
                 # Decode: the query heads that share a KV head become rows of one query block,
                 # (Hkv, H/Hkv, D), so no keys or values are copied per head.
                 q4 = qi.reshape(1, Hkv, H // Hkv, D)
