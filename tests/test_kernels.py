@@ -121,8 +121,8 @@ def test_packed_linear_paths_agree(fmt):
     p = packed(fmt, 300, 256, seed=5, bias=True)
     plain = packed(fmt, 300, 256, seed=5, bias=True)  # same weights, no kernels attached
     isa = K.selected_isa()
-    w = reference_weight(plain)  # before use_kernels, which may re-lay int4 for the CPU
     assert p.use_kernels(module, isa)
+    w = reference_weight(p)
     for rows in (1, 16, 17, 70):
         x = torch.randn(rows, 256)
         with torch.inference_mode():
@@ -131,66 +131,6 @@ def test_packed_linear_paths_agree(fmt):
         assert_products_close(ref - p.bias, x, w)
     x = torch.randn(2, 256)  # autograd on: the tiled GEMM, same dequantized weights as PyTorch's
     torch.testing.assert_close(p(x), plain(x), rtol=0, atol=0)
-
-
-X86_ISAS = [isa for isa in ISAS if isa in K.X86_ISAS]
-
-
-@pytest.mark.parametrize(("n", "k"), [(16, 32), (13, 64), (50, 320), (33, 4096)])
-def test_int4_interleave_round_trips(n, k):
-    """x16 holds the row-major bytes, permuted: chunk j of a block has row r's bytes 4j..4j+3."""
-    q, s = quant.quantize_int4(torch.randn(n, k))
-    nibbles, scales = quant.interleave_int4(q, s)
-    assert nibbles.shape == ((n + 15) // 16, k // 32 * 256)
-    blocks = nibbles.view(-1, k // 32, 4, 16, 4)  # (block, group, chunk, row, byte)
-    for r in range(min(n, 16)):
-        for j in range(4):
-            assert torch.equal(blocks[0, 0, j, r], q[r, 4 * j : 4 * j + 4])
-    back_q, back_s = quant.deinterleave_int4(nibbles, scales, n, k)
-    assert torch.equal(back_q, q) and torch.equal(back_s, s)
-
-
-@needs_kernels
-@pytest.mark.skipif(not X86_ISAS, reason="the x16 int4 layout is x86-64 only")
-@pytest.mark.parametrize("isa", X86_ISAS)
-@pytest.mark.parametrize(("n", "k"), [(16, 32), (37, 320), (100, 4096), (21, 11008)])
-def test_x16_int4_kernel(isa, n, k):
-    """The interleaved int4 decode kernel: products as the row-major weights' within the input
-    rounding, batched == single bit for bit, exact dequantized tiles from any block start."""
-    p = packed("int4", n, k, seed=n + k)
-    w = reference_weight(p)
-    nibbles, scales = quant.interleave_int4(p.weight, p.scales)
-    x = torch.randn(16, k)
-    y = module.linear_x16(x, nibbles, scales, n, _isa(isa))
-    assert_products_close(y, x, w, int8_inputs=True)
-    for rows in (1, 3, 5):
-        part = module.linear_x16(x[:rows], nibbles, scales, n, _isa(isa))
-        assert torch.equal(part, y[:rows])
-    assert torch.equal(module.dequantize_x16(nibbles, scales, n, k, 0, n), w.float())
-    if n > 16:
-        assert torch.equal(module.dequantize_x16(nibbles, scales, n, k, 16, n), w.float()[16:])
-    with pytest.raises(RuntimeError, match="block"):
-        module.dequantize_x16(nibbles, scales, n, k, 3, n)
-    with pytest.raises(RuntimeError, match="x16 nibbles"):
-        module.linear_x16(x, nibbles[:, :-1].contiguous(), scales, n, _isa(isa))
-
-
-@needs_kernels
-@pytest.mark.skipif(not X86_ISAS, reason="the x16 int4 layout is x86-64 only")
-def test_x16_layer_saves_row_major(monkeypatch):
-    """An int4 layer re-laid for the x86 kernels still saves (and so writes files) row-major,
-    and its tiled prefill GEMM covers every row with tiles that start at block boundaries."""
-    monkeypatch.setattr("qwen_audio.model.packed.TILE_FLOATS", 64 * 40)  # 32-row tiles of 64
-    p = packed("int4", 130, 64, seed=9)
-    rows_state = {k: v.clone() for k, v in p.state_dict().items()}
-    w = reference_weight(p)
-    assert p.use_kernels(module, X86_ISAS[-1]) and p.layout == "x16"
-    saved = p.state_dict()
-    assert torch.equal(saved["weight"], rows_state["weight"])
-    assert torch.equal(saved["scales"], rows_state["scales"])
-    x = torch.randn(20, 64)
-    with torch.inference_mode():
-        assert_products_close(p(x), x, w)
 
 
 @needs_kernels

@@ -36,7 +36,6 @@ MAX_ROWS = 16  # the decode kernels take up to 16 rows; more rows go to the tile
 GROUP = 32  # weights per scale in the int8/int4 formats
 ISA_IDS = {"none": 0, "avx2": 1, "avx512": 2, "avx512_bf16": 3, "neon": 4}
 ISA_ORDER = ["none", "avx2", "avx512", "avx512_bf16"]  # x86-64, lowest first
-X86_ISAS = ("avx2", "avx512", "avx512_bf16")
 FORMAT_IDS = {"bf16": 0, "fp16": 1, "int8": 2, "int4": 3}
 _DIR = Path(__file__).parent
 _SOURCE = _DIR / "cpu_kernels.cpp"

@@ -57,11 +57,9 @@ struct QuantizedRows {
   const int8_t* q;   // (M, K) inputs as int8
   const float* d;    // (M, K/32) their scales
   const float* off;  // (M, K/32) 8 * scale * sum of the group's q: the int4 zero point's share
-  const int32_t* zero;  // (M, K/32) -8 * sum of the group's q: the same share, before scaling
 };
 
-void quantize_inputs(const float* x, int64_t M, int64_t K, int8_t* q, float* d, float* off,
-                     int32_t* zero) {
+void quantize_inputs(const float* x, int64_t M, int64_t K, int8_t* q, float* d, float* off) {
   const int64_t groups = K / kGroup;
   for (int64_t m = 0; m < M; m++) {
     for (int64_t g = 0; g < groups; g++) {
@@ -79,7 +77,6 @@ void quantize_inputs(const float* x, int64_t M, int64_t K, int8_t* q, float* d, 
       }
       d[m * groups + g] = scale;
       off[m * groups + g] = 8.0f * scale * static_cast<float>(sum);
-      zero[m * groups + g] = -8 * sum;
     }
   }
 }
@@ -172,8 +169,7 @@ void int_gemv(const uint8_t* w, const uint16_t* s, const QuantizedRows& x, int64
   const int64_t groups = K / kGroup;
   for (int64_t m0 = 0; m0 < M; m0 += V::kMaxRows) {
     const int64_t mr = M - m0 < V::kMaxRows ? M - m0 : V::kMaxRows;
-    const QuantizedRows xm{x.q + m0 * K, x.d + m0 * groups, x.off + m0 * groups,
-                           x.zero + m0 * groups};
+    const QuantizedRows xm{x.q + m0 * K, x.d + m0 * groups, x.off + m0 * groups};
     float* ym = y + m0 * N;
     switch (mr) {
       case 1: int_rows<kQ4Format, 1>(w, s, xm, K, ym, N, n0, n1); break;
@@ -189,109 +185,6 @@ void gemv_quantized_inputs(int format, const void* w, const uint16_t* s, const Q
   const auto* bytes = static_cast<const uint8_t*>(w);
   if (format == kQ4) return int_gemv<true>(bytes, s, x, M, K, y, N, n0, n1);
   int_gemv<false>(bytes, s, x, M, K, y, N, n0, n1);
-}
-
-// int4 weights in the x16 layout (model/quant.py: 16 rows interleaved, 256 bytes of nibbles per
-// block of 16 rows and group, the 16 scales apart): a 32-bit lane holds one row's 4 consecutive
-// weights, so `vpmaddubsw` multiplies 8 rows (half a chunk) by the same 4 inputs, broadcast; the
-// rows' sums stay in one register (no horizontal sum per row) and their scales are one vector.
-// The eight 16-bit partial sums of a group cannot overflow (8 x 2 x 15 x 127 < 32767).
-constexpr int64_t kX16Rows = 16, kX16Bytes = 256;
-
-inline void store_rows(float* y, __m256 v, int64_t valid) {  // the first `valid` of 8 outputs
-  if (valid >= 8) return _mm256_storeu_ps(y, v);
-  alignas(32) float tmp[8];
-  _mm256_store_ps(tmp, v);
-  for (int64_t r = 0; r < valid; r++) y[r] = tmp[r];
-}
-
-inline __m256i four_inputs(const int8_t* x) {  // x[0..3] in every 32-bit lane
-  int32_t four;
-  std::memcpy(&four, x, 4);
-  return _mm256_set1_epi32(four);
-}
-
-template <int MR>
-void x16_rows(const uint8_t* w, const uint16_t* s, const QuantizedRows& x, int64_t K, float* y,
-              int64_t N, int64_t b0, int64_t b1) {
-  const int64_t groups = K / kGroup;
-  const __m256i mask = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
-  for (int64_t b = b0; b < b1; b++) {
-    __m256 acc[2][MR];  // rows 0-7 and 8-15 of the block
-    for (int m = 0; m < MR; m++) acc[0][m] = acc[1][m] = _mm256_setzero_ps();
-    const uint8_t* block = w + b * groups * kX16Bytes;
-    const uint16_t* scale_of = s + b * groups * kX16Rows;
-    for (int64_t g = 0; g < groups; g++, block += kX16Bytes, scale_of += kX16Rows) {
-      for (int h = 0; h < 2; h++) {
-        const __m256 scales = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(scale_of + 8 * h)));
-        __m256i lo[4], hi[4];
-        for (int j = 0; j < 4; j++) {
-          const __m256i c = _mm256_loadu_si256((const __m256i*)(block + 64 * j + 32 * h));
-          lo[j] = _mm256_and_si256(c, mask);                        // weights 4j .. 4j+3
-          hi[j] = _mm256_and_si256(_mm256_srli_epi16(c, 4), mask);  // weights 16+4j ..
-        }
-        for (int m = 0; m < MR; m++) {
-          const int8_t* xg = x.q + m * K + g * kGroup;
-          __m256i sums = _mm256_maddubs_epi16(lo[0], four_inputs(xg));
-          for (int j = 1; j < 4; j++)
-            sums = _mm256_add_epi16(sums, _mm256_maddubs_epi16(lo[j], four_inputs(xg + 4 * j)));
-          for (int j = 0; j < 4; j++)
-            sums = _mm256_add_epi16(sums, _mm256_maddubs_epi16(hi[j], four_inputs(xg + 16 + 4 * j)));
-          const __m256i dots = _mm256_add_epi32(_mm256_madd_epi16(sums, ones),
-                                                _mm256_set1_epi32(x.zero[m * groups + g]));
-          const __m256 scale = _mm256_mul_ps(scales, _mm256_set1_ps(x.d[m * groups + g]));
-          acc[h][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots), scale, acc[h][m]);
-        }
-      }
-    }
-    for (int h = 0; h < 2; h++) {
-      const int64_t first = b * kX16Rows + 8 * h;
-      for (int m = 0; m < MR; m++) store_rows(y + m * N + first, acc[h][m], N - first);
-    }
-  }
-}
-
-// y (M, N) for the row blocks [b0, b1) of an x16 weight, 4 input rows at a time.
-void gemv_x16(const uint8_t* w, const uint16_t* s, const QuantizedRows& x, int64_t M, int64_t K,
-              float* y, int64_t N, int64_t b0, int64_t b1) {
-  const int64_t groups = K / kGroup;
-  for (int64_t m0 = 0; m0 < M; m0 += 4) {
-    const int64_t mr = std::min<int64_t>(4, M - m0);
-    const QuantizedRows xm{x.q + m0 * K, x.d + m0 * groups, x.off + m0 * groups,
-                           x.zero + m0 * groups};
-    float* ym = y + m0 * N;
-    switch (mr) {
-      case 1: x16_rows<1>(w, s, xm, K, ym, N, b0, b1); break;
-      case 2: x16_rows<2>(w, s, xm, K, ym, N, b0, b1); break;
-      case 3: x16_rows<3>(w, s, xm, K, ym, N, b0, b1); break;
-      default: x16_rows<4>(w, s, xm, K, ym, N, b0, b1); break;
-    }
-  }
-}
-
-// float32 rows [n0, n1) of an x16 weight (n0 a multiple of 16), for the prefill GEMM: a row's
-// group is its 4 words at a stride of 64 bytes, which together are the row-major group's bytes.
-void dequantize_x16(const uint8_t* w, const uint16_t* s, int64_t K, int64_t n0, int64_t n1,
-                    float* out) {
-  const int64_t groups = K / kGroup;
-  const __m128i mask = _mm_set1_epi8(0x0F), eight = _mm_set1_epi8(8);
-  for (int64_t n = n0; n < n1; n++) {
-    const int64_t b = n / kX16Rows, r = n % kX16Rows;
-    const uint8_t* block = w + b * groups * kX16Bytes;
-    float* o = out + (n - n0) * K;
-    for (int64_t g = 0; g < groups; g++, block += kX16Bytes, o += kGroup) {
-      int32_t words[4];
-      for (int j = 0; j < 4; j++) std::memcpy(&words[j], block + 64 * j + 4 * r, 4);
-      const __m128i bytes = _mm_loadu_si128((const __m128i*)words);
-      const __m128i lo = _mm_sub_epi8(_mm_and_si128(bytes, mask), eight);
-      const __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(bytes, 4), mask), eight);
-      const __m256 scale = _mm256_set1_ps(_cvtsh_ss(s[(b * groups + g) * kX16Rows + r]));
-      _mm256_storeu_ps(o, _mm256_mul_ps(V::from_bytes(lo), scale));
-      _mm256_storeu_ps(o + 8, _mm256_mul_ps(V::from_bytes(_mm_srli_si128(lo, 8)), scale));
-      _mm256_storeu_ps(o + 16, _mm256_mul_ps(V::from_bytes(hi), scale));
-      _mm256_storeu_ps(o + 24, _mm256_mul_ps(V::from_bytes(_mm_srli_si128(hi, 8)), scale));
-    }
-  }
 }
 }  // namespace avx2
 #pragma GCC pop_options
@@ -387,8 +280,7 @@ void int_gemv(const uint8_t* w, const uint16_t* s, const QuantizedRows& x, int64
   const int64_t groups = K / kGroup;
   for (int64_t m0 = 0; m0 < M; m0 += kMaxRows) {
     const int64_t mr = M - m0 < kMaxRows ? M - m0 : kMaxRows;
-    const QuantizedRows xm{x.q + m0 * K, x.d + m0 * groups, x.off + m0 * groups,
-                           x.zero + m0 * groups};
+    const QuantizedRows xm{x.q + m0 * K, x.d + m0 * groups, x.off + m0 * groups};
     float* ym = y + m0 * N;
     switch (mr) {
       case 1: avx512_vnni::int_rows<kQ4Format, 1>(w, s, xm, K, ym, N, n0, n1); break;
@@ -405,72 +297,6 @@ void gemv_quantized_inputs(int format, const void* w, const uint16_t* s, const Q
   // qualified: QuantizedRows comes from avx2, so its int_gemv would be found too
   if (format == kQ4) return avx512_vnni::int_gemv<true>(bytes, s, x, M, K, y, N, n0, n1);
   avx512_vnni::int_gemv<false>(bytes, s, x, M, K, y, N, n0, n1);
-}
-
-// The x16 layout with `vpdpbusd`: a 64-byte chunk is 16 rows x 4 weights, all multiplied by
-// the same 4 inputs (one broadcast), 64 products into 16 row sums per instruction.
-using avx2::kX16Bytes;
-using avx2::kX16Rows;
-
-template <int MR>
-void x16_rows(const uint8_t* w, const uint16_t* s, const QuantizedRows& x, int64_t K, float* y,
-              int64_t N, int64_t b0, int64_t b1) {
-  const int64_t groups = K / kGroup;
-  const __m512i mask = _mm512_set1_epi8(0x0F);
-  for (int64_t b = b0; b < b1; b++) {
-    __m512 acc[MR];
-    for (int m = 0; m < MR; m++) acc[m] = _mm512_setzero_ps();
-    const uint8_t* block = w + b * groups * kX16Bytes;
-    const uint16_t* scale_of = s + b * groups * kX16Rows;
-    for (int64_t g = 0; g < groups; g++, block += kX16Bytes, scale_of += kX16Rows) {
-      const __m512 scales = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)scale_of));
-      __m512i lo[4], hi[4];
-      for (int j = 0; j < 4; j++) {
-        const __m512i c = _mm512_loadu_si512(block + 64 * j);
-        lo[j] = _mm512_and_si512(c, mask);
-        hi[j] = _mm512_and_si512(_mm512_srli_epi16(c, 4), mask);
-      }
-      for (int m = 0; m < MR; m++) {
-        const int8_t* xg = x.q + m * K + g * kGroup;
-        const auto inputs = [&](int k) {
-          int32_t four;
-          std::memcpy(&four, xg + k, 4);
-          return _mm512_set1_epi32(four);
-        };
-        __m512i dots = _mm512_set1_epi32(x.zero[m * groups + g]);
-        for (int j = 0; j < 4; j++) dots = _mm512_dpbusd_epi32(dots, lo[j], inputs(4 * j));
-        for (int j = 0; j < 4; j++) dots = _mm512_dpbusd_epi32(dots, hi[j], inputs(16 + 4 * j));
-        const __m512 scale = _mm512_mul_ps(scales, _mm512_set1_ps(x.d[m * groups + g]));
-        acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots), scale, acc[m]);
-      }
-    }
-    const int64_t first = b * kX16Rows;
-    for (int m = 0; m < MR; m++) {
-      if (N - first >= kX16Rows) {
-        _mm512_storeu_ps(y + m * N + first, acc[m]);
-      } else {
-        const __mmask16 valid = static_cast<__mmask16>((1u << (N - first)) - 1);
-        _mm512_mask_storeu_ps(y + m * N + first, valid, acc[m]);
-      }
-    }
-  }
-}
-
-void gemv_x16(const uint8_t* w, const uint16_t* s, const QuantizedRows& x, int64_t M, int64_t K,
-              float* y, int64_t N, int64_t b0, int64_t b1) {
-  const int64_t groups = K / kGroup;
-  for (int64_t m0 = 0; m0 < M; m0 += 4) {
-    const int64_t mr = std::min<int64_t>(4, M - m0);
-    const QuantizedRows xm{x.q + m0 * K, x.d + m0 * groups, x.off + m0 * groups,
-                           x.zero + m0 * groups};
-    float* ym = y + m0 * N;
-    switch (mr) {
-      case 1: avx512_vnni::x16_rows<1>(w, s, xm, K, ym, N, b0, b1); break;
-      case 2: avx512_vnni::x16_rows<2>(w, s, xm, K, ym, N, b0, b1); break;
-      case 3: avx512_vnni::x16_rows<3>(w, s, xm, K, ym, N, b0, b1); break;
-      default: avx512_vnni::x16_rows<4>(w, s, xm, K, ym, N, b0, b1); break;
-    }
-  }
 }
 }  // namespace avx512_vnni
 #pragma GCC pop_options
@@ -595,28 +421,6 @@ const uint16_t* scales_ptr(const torch::Tensor& s, int64_t format) {
 
 }  // namespace
 
-#if defined(QWEN_AUDIO_X86)
-namespace {
-bool has_vnni() {
-  static const bool vnni = __builtin_cpu_supports("avx512vnni") &&
-                           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
-  return vnni;
-}
-
-int64_t check_x16(const torch::Tensor& w, const torch::Tensor& s, int64_t N, int64_t K) {
-  TORCH_CHECK(K % kGroup == 0, "K must be a multiple of 32");
-  const int64_t blocks = (N + avx2::kX16Rows - 1) / avx2::kX16Rows;
-  TORCH_CHECK(w.scalar_type() == torch::kByte && w.is_contiguous() && w.device().is_cpu() &&
-                  w.dim() == 2 && w.size(0) == blocks && w.size(1) == K / kGroup * avx2::kX16Bytes,
-              "x16 nibbles: contiguous uint8 (ceil(N/16), K/32 * 256)");
-  TORCH_CHECK(s.scalar_type() == torch::kHalf && s.is_contiguous() && s.dim() == 2 &&
-                  s.size(0) == blocks && s.size(1) == K / kGroup * avx2::kX16Rows,
-              "x16 scales: contiguous fp16 (ceil(N/16), K/32 * 16)");
-  return blocks;
-}
-}  // namespace
-#endif
-
 // y (M, N) float32 = x (M, K) float32 @ weight^T, for M <= 16.
 torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& s,
                      int64_t format, int64_t isa) {
@@ -642,12 +446,14 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch
     auto xq = torch::empty({M, K}, torch::dtype(torch::kChar));
     auto d = torch::empty({M, K / kGroup}, xc.options());
     auto off = torch::empty({M, K / kGroup}, xc.options());
-    auto zero = torch::empty({M, K / kGroup}, torch::dtype(torch::kInt));
     avx2::quantize_inputs(xp, M, K, xq.data_ptr<int8_t>(), d.data_ptr<float>(),
-                          off.data_ptr<float>(), zero.data_ptr<int32_t>());
+                          off.data_ptr<float>());
     const avx2::QuantizedRows rows{xq.data_ptr<int8_t>(), d.data_ptr<float>(),
-                                   off.data_ptr<float>(), zero.data_ptr<int32_t>()};
-    const auto gemv = (isa == kAvx512 || isa == kAvx512Bf16) && has_vnni()
+                                   off.data_ptr<float>()};
+    static const bool vnni = __builtin_cpu_supports("avx512vnni") &&
+                             __builtin_cpu_supports("avx512bw") &&
+                             __builtin_cpu_supports("avx512vl");
+    const auto gemv = (isa == kAvx512 || isa == kAvx512Bf16) && vnni
                           ? avx512_vnni::gemv_quantized_inputs
                           : avx2::gemv_quantized_inputs;
     at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
@@ -661,59 +467,6 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch
     k.gemv(static_cast<int>(format), wp, sp, xp, M, K, yp, N, n0, n1);
   });
   return y;
-}
-
-
-// y (M, N) float32 = x (M, K) float32 @ an int4 weight in the x16 layout (quant.interleave_int4).
-torch::Tensor linear_x16(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& s,
-                        int64_t N, int64_t isa) {
-#if defined(QWEN_AUDIO_X86)
-  TORCH_CHECK(x.scalar_type() == torch::kFloat && x.dim() == 2, "x: float32 (M, K)");
-  const int64_t K = x.size(1), blocks = check_x16(w, s, N, K);
-  TORCH_CHECK(x.size(0) >= 1 && x.size(0) <= kMaxInputRows, "1 to 16 input rows");
-  TORCH_CHECK(isa == kAvx2 || isa == kAvx512 || isa == kAvx512Bf16, "x16: an x86 instruction set");
-  const auto xc = x.contiguous();
-  const int64_t M = xc.size(0), groups = K / kGroup;
-  auto y = torch::empty({M, N}, xc.options());
-  auto xq = torch::empty({M, K}, torch::dtype(torch::kChar));
-  auto d = torch::empty({M, groups}, xc.options());
-  auto off = torch::empty({M, groups}, xc.options());
-  auto zero = torch::empty({M, groups}, torch::dtype(torch::kInt));
-  avx2::quantize_inputs(xc.data_ptr<float>(), M, K, xq.data_ptr<int8_t>(), d.data_ptr<float>(),
-                        off.data_ptr<float>(), zero.data_ptr<int32_t>());
-  const avx2::QuantizedRows rows{xq.data_ptr<int8_t>(), d.data_ptr<float>(), off.data_ptr<float>(),
-                                 zero.data_ptr<int32_t>()};
-  const auto* wp = w.data_ptr<uint8_t>();
-  const auto* sp = reinterpret_cast<const uint16_t*>(s.data_ptr());
-  float* yp = y.data_ptr<float>();
-  const auto gemv = isa != kAvx2 && has_vnni() ? avx512_vnni::gemv_x16 : avx2::gemv_x16;
-  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-    gemv(wp, sp, rows, M, K, yp, N, b0, b1);
-  });
-  return y;
-#else
-  TORCH_CHECK(false, "the x16 layout exists only on x86-64");
-#endif
-}
-
-// The float32 rows [n0, n1) of an x16 weight with N rows and K inputs; n0 a multiple of 16.
-torch::Tensor dequantize_x16(const torch::Tensor& w, const torch::Tensor& s, int64_t N, int64_t K,
-                            int64_t n0, int64_t n1) {
-#if defined(QWEN_AUDIO_X86)
-  check_x16(w, s, N, K);
-  TORCH_CHECK(0 <= n0 && n0 <= n1 && n1 <= N && n0 % avx2::kX16Rows == 0,
-              "row range out of bounds or not starting at a block");
-  auto out = torch::empty({n1 - n0, K}, torch::dtype(torch::kFloat));
-  const auto* wp = w.data_ptr<uint8_t>();
-  const auto* sp = reinterpret_cast<const uint16_t*>(s.data_ptr());
-  float* op = out.data_ptr<float>();
-  at::parallel_for(n0, n1, 8, [&](int64_t a, int64_t b) {
-    avx2::dequantize_x16(wp, sp, K, a, b, op + (a - n0) * K);
-  });
-  return out;
-#else
-  TORCH_CHECK(false, "the x16 layout exists only on x86-64");
-#endif
 }
 
 // The float32 rows [n0, n1) of a weight: (n1 - n0, K).
@@ -879,8 +632,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("quantize", &quantize, "int8/int4 groups of a float weight, as model/quant.py");
   m.def("linear", &linear, "x (M, K) float32 @ packed weight^T, M <= 16");
   m.def("dequantize", &dequantize, "float32 rows [n0, n1) of a packed weight");
-  m.def("linear_x16", &linear_x16, "x (M, K) float32 @ int4 x16 weight^T, M <= 16 (x86)");
-  m.def("dequantize_x16", &dequantize_x16, "float32 rows [n0, n1) of an int4 x16 weight (x86)");
   m.def("linear_bf16_native", &linear_bf16_native, "bf16 x @ bf16 w^T (AVX512-BF16)");
   m.def("decode_attention", &decode_attention, "one query per head against cached k, v");
   m.def("compiled_isas", &compiled_isas, "instruction sets in this build");

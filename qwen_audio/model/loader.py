@@ -154,13 +154,6 @@ def load_model(
             lambda name, m: empty_packed(m, layouts[name], compute) if name in layouts else None,
         )
     as_stored = {f"{n}.{t}" for n in packed for t in ("weight", "scales")}
-    # int4 layers are re-laid in memory for the x86 kernels (PackedLinear.use_kernels): read
-    # into ordinary memory, their file pages would otherwise stay mapped and count twice
-    unmapped = set()
-    if device.type == "cpu":
-        unmapped = {
-            f"{n}.{t}" for n, f in packed.items() if f == "int4" for t in ("weight", "scales")
-        }
     to_quantize = {f"{n}.weight": fmt for n, fmt in quantize.items()}
     wide = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     wide.add("language_model.model.embed_tokens.weight")
@@ -178,7 +171,6 @@ def load_model(
     state: dict[str, torch.Tensor] = {}
     unexpected: list[str] = []
     for f in files:
-        header = None
         try:
             with safe_open(str(f), framework="pt", device="cpu") as st:
                 for key in st.keys():
@@ -198,12 +190,7 @@ def load_model(
                     if key not in expected:
                         unexpected.append(key)
                         continue
-                    if key in unmapped:
-                        header = header or _header(f)
-                        entry = header[0][key]
-                        tensor = _read_rows(f, entry, header[1], (0, entry["shape"][0]))
-                    else:
-                        tensor = st.get_tensor(key)  # memory-mapped, not read yet
+                    tensor = st.get_tensor(key)  # memory-mapped, not read yet
                     want = expected[key].shape
                     if tensor.shape != want:
                         raise CheckpointError(
@@ -245,29 +232,22 @@ def load_model(
 
 
 _NUMPY_DTYPES = {"F32": (np.float32, None), "F16": (np.float16, None), "BF16": (np.uint16, "bf16")}
-_PACKED_DTYPES = {"U8": (np.uint8, None), "I8": (np.int8, None), "F16": (np.float16, None)}
-
-
-def _header(path: Path) -> tuple[dict, int]:
-    """A safetensors file's header {key: entry} and where its data starts."""
-    with open(path, "rb") as fh:
-        header_len = int.from_bytes(fh.read(8), "little")
-        return json.loads(fh.read(header_len)), 8 + header_len
 
 
 def _entry(path: Path, key: str) -> tuple[dict, int]:
     """A tensor's safetensors header entry and where the file's data starts."""
-    header, data_start = _header(path)
-    entry = header[key]
+    with open(path, "rb") as fh:
+        header_len = int.from_bytes(fh.read(8), "little")
+        entry = json.loads(fh.read(header_len))[key]
     if entry["dtype"] not in _NUMPY_DTYPES:
         raise CheckpointError(f"{path.name}: {key} is {entry['dtype']}, not a float weight")
-    return entry, data_start
+    return entry, 8 + header_len
 
 
 def _read_rows(path: Path, entry: dict, data_start: int, rows: tuple[int, int]) -> torch.Tensor:
     """Rows [r0, r1) of a tensor of a safetensors file, read into ordinary memory instead of
     mapped (their file pages never count in the process's memory)."""
-    np_dtype, kind = {**_NUMPY_DTYPES, **_PACKED_DTYPES}[entry["dtype"]]
+    np_dtype, kind = _NUMPY_DTYPES[entry["dtype"]]
     shape = list(entry["shape"])
     row_items = math.prod(shape[1:])
     r0, r1 = rows

@@ -58,8 +58,6 @@ class PackedLinear(nn.Module):
         self.register_buffer("bias", bias)
         self.kernels = None
         self.isa = 0
-        # "rows": the formats above, as in files; "x16": int4 interleaved for the x86 kernels
-        self.layout = "rows"
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, format: str, bias_dtype: torch.dtype) -> PackedLinear:
@@ -77,20 +75,7 @@ class PackedLinear(nn.Module):
         if module is None or self.in_features % K.GROUP or self.weight.device.type != "cpu":
             return False
         self.kernels, self.isa = module, K.ISA_IDS[isa]
-        if self.format == "int4" and isa in K.X86_ISAS and self.layout == "rows":
-            # 16 rows interleaved: about 1.2x the decode speed of row-major int4 on one core
-            self.weight, self.scales = quant.interleave_int4(self.weight, self.scales)
-            self.layout = "x16"
         return True
-
-    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
-        """Files always get the row-major layout, whatever this process runs on."""
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-        if self.layout == "x16":
-            q, s = quant.deinterleave_int4(
-                self.weight, self.scales, self.out_features, self.in_features
-            )
-            destination[prefix + "weight"], destination[prefix + "scales"] = q, s
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
@@ -112,9 +97,6 @@ class PackedLinear(nn.Module):
     def _decode(self, flat: torch.Tensor) -> torch.Tensor:
         if self.format == "bf16" and flat.dtype == torch.bfloat16 and self.isa == 3:
             return self.kernels.linear_bf16_native(flat, self.weight)  # native bf16 dot products
-        if self.layout == "x16":
-            x = flat.float().contiguous()
-            return self.kernels.linear_x16(x, self.weight, self.scales, self.out_features, self.isa)
         scales = self.scales if self.scales is not None else _NO_SCALES
         return self.kernels.linear(
             flat.float().contiguous(), self.weight, scales, K.FORMAT_IDS[self.format], self.isa
@@ -124,7 +106,7 @@ class PackedLinear(nn.Module):
         compute = flat.dtype if flat.dtype in (torch.float32, torch.bfloat16) else torch.float32
         flat = flat.to(compute)
         N = self.out_features
-        tile = max(16, TILE_FLOATS // self.in_features // 16 * 16)  # x16: whole blocks
+        tile = max(16, TILE_FLOATS // self.in_features)
         if tile >= N:
             return flat @ self.dequantized(0, N).to(compute).T
         out = torch.empty(flat.shape[0], N, dtype=compute, device=flat.device)
@@ -135,9 +117,6 @@ class PackedLinear(nn.Module):
 
     def dequantized(self, n0: int, n1: int) -> torch.Tensor:
         """Output rows [n0, n1) of the weight in float32."""
-        if self.layout == "x16":
-            N, Kin = self.out_features, self.in_features
-            return self.kernels.dequantize_x16(self.weight, self.scales, N, Kin, n0, n1)
         if self.kernels is not None:
             scales = self.scales if self.scales is not None else _NO_SCALES
             fmt = K.FORMAT_IDS[self.format]
