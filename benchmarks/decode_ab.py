@@ -1,0 +1,77 @@
+"""Batch-1 decode against llama.cpp, alternating, several rounds: a ratio that survives noise.
+
+This VM's memory bandwidth drifts between runs (45-78 GB/s measured minutes apart), so one run
+of each side, as `qwen-audio bench` does, can be off by 20% either way. Here our model stays
+loaded and each round times our decode (the 5 s clip + question of `bench`, 32 tokens after the
+first) right next to `llama-bench -n 32` on the same decoder, a float32 read rate beside them;
+the median of the per-round ratios is the figure to quote.
+
+    python benchmarks/decode_ab.py --model /tmp/qwen-audio-7b-int4 \
+        --gguf /tmp/qwen-audio-7b-gguf/model-q4_0.gguf --llama-bench BUILD/bin/llama-bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from qwen_audio import LLM, SamplingParams
+from qwen_audio.bench import llama_cpp
+from qwen_audio.bench import workloads as W
+
+
+def read_rate(buffer: torch.Tensor) -> float:
+    """GB/s of a float32 sum over a buffer far larger than the caches."""
+    start = time.perf_counter()
+    buffer.sum()
+    return buffer.numel() * 4 / (time.perf_counter() - start) / 1e9
+
+
+def our_decode(llm: LLM, tokens: int) -> float:
+    """Tokens per second after the first, as `qwen-audio bench` measures it."""
+    conv = [W.question_turn(W.clip(5.0, 21))]
+    params = SamplingParams(max_tokens=tokens + 1, temperature=0.0, ignore_eos=True)
+    times: list[float] = []
+    for delta in llm.stream_chat(conv, params):
+        times += [time.perf_counter()] * len(delta.token_ids)
+    return (len(times) - 1) / (times[-1] - times[0])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True)
+    p.add_argument("--quantize", default=None, help="int8 or int4, for an unquantized --model")
+    p.add_argument("--gguf", required=True, help="llama.cpp's file at the same bits")
+    p.add_argument("--llama-bench", required=True)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--tokens", type=int, default=32)
+    args = p.parse_args()
+
+    threads = torch.get_num_threads()
+    llm = LLM(args.model, **({"quantize": args.quantize} if args.quantize else {}))
+    our_decode(llm, 4)  # warm up
+    buffer = torch.ones(1 << 29)  # 2 GiB
+    ratios = []
+    for round_ in range(args.rounds):
+        bandwidth = read_rate(buffer)
+        ours = our_decode(llm, args.tokens)
+        theirs = llama_cpp.bench(
+            args.llama_bench, Path(args.gguf), threads=threads, prompt=0, gen=args.tokens, reps=1
+        )["decode_tok_s"]
+        ratios.append(ours / theirs)
+        print(
+            f"round {round_ + 1}: read {bandwidth:.1f} GB/s, ours {ours:.2f} tok/s, "
+            f"llama.cpp {theirs:.2f} tok/s, ratio {ours / theirs:.2f}",
+            flush=True,
+        )
+    print(
+        f"median ratio {statistics.median(ratios):.2f} (min {min(ratios):.2f}, max {max(ratios):.2f})"
+    )
+
+
+if __name__ == "__main__":
+    main()
