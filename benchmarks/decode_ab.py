@@ -31,9 +31,10 @@ def read_rate(buffer: torch.Tensor) -> float:
     return buffer.numel() * 4 / (time.perf_counter() - start) / 1e9
 
 
-def our_decode(llm: LLM, tokens: int) -> float:
-    """Tokens per second after the first, as `qwen-audio bench` measures it."""
-    conv = [W.question_turn(W.clip(5.0, 21))]
+def our_decode(llm: LLM, tokens: int, seconds: float = 5.0) -> float:
+    """Tokens per second after the first, as `qwen-audio bench` measures it, after a clip of
+    `seconds` and a question."""
+    conv = [W.question_turn(W.clip(seconds, 21))]
     params = SamplingParams(max_tokens=tokens + 1, temperature=0.0, ignore_eos=True)
     times: list[float] = []
     for delta in llm.stream_chat(conv, params):
@@ -49,6 +50,11 @@ def main() -> None:
     p.add_argument("--llama-bench", required=True)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--tokens", type=int, default=32)
+    p.add_argument(
+        "--long",
+        action="store_true",
+        help="decode after a 30 s clip (~780 tokens of context; llama-bench -d 780)",
+    )
     args = p.parse_args()
 
     threads = torch.get_num_threads()
@@ -58,9 +64,15 @@ def main() -> None:
     ratios = []
     for round_ in range(args.rounds):
         bandwidth = read_rate(buffer)
-        ours = our_decode(llm, args.tokens)
+        ours = our_decode(llm, args.tokens, 30.0 if args.long else 5.0)
         theirs = llama_cpp.bench(
-            args.llama_bench, Path(args.gguf), threads=threads, prompt=0, gen=args.tokens, reps=1
+            args.llama_bench,
+            Path(args.gguf),
+            threads=threads,
+            prompt=0,
+            gen=args.tokens,
+            reps=1,
+            depth=780 if args.long else 0,
         )["decode_tok_s"]
         ratios.append(ours / theirs)
         print(

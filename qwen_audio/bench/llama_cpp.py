@@ -152,10 +152,13 @@ def decode_bytes(model: Path) -> int:
     return sum(int(t.n_bytes) for t in reader.tensors if t.name != "token_embd.weight")
 
 
-def bench(llama_bench: str, model: Path, *, threads: int, prompt: int, gen: int, reps: int) -> dict:
-    """llama-bench's prompt processing and generation rates (tokens/s) for one file."""
+def bench(
+    llama_bench: str, model: Path, *, threads: int, prompt: int, gen: int, reps: int, depth: int = 0
+) -> dict:
+    """llama-bench's prompt processing and generation rates (tokens/s) for one file; `depth`:
+    tokens already in the context when they start."""
     cmd = [llama_bench, "-m", str(model), "-t", str(threads), "-p", str(prompt), "-n", str(gen)]
-    cmd += ["-r", str(reps), "-o", "json"]
+    cmd += ["-r", str(reps), "-o", "json"] + (["-d", str(depth)] if depth else [])
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     rows = json.loads(out)
     result = {"file_bytes": model.stat().st_size, "weight_bytes_per_token": decode_bytes(model)}
