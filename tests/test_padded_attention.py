@@ -9,7 +9,7 @@ import torch
 
 from qwen_audio.config import TextConfig
 from qwen_audio.model import qwen2
-from qwen_audio.model.kv_cache import AttentionBatch
+from qwen_audio.model.attention import AttentionBatch
 from qwen_audio.model.qwen2 import Qwen2Attention, RotaryEmbedding, padded_causal_attention
 
 

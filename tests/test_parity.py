@@ -14,7 +14,7 @@ import torch
 from qwen_audio import LLM, SamplingParams
 from qwen_audio.audio import prepare_audio
 from qwen_audio.bench.worker import reference_messages
-from qwen_audio.model.kv_cache import AttentionBatch
+from qwen_audio.model.attention import AttentionBatch
 from tests.conftest import noise_clip
 from tests.fixtures.checkpoints import load_reference
 

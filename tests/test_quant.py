@@ -10,7 +10,7 @@ from qwen_audio import LLM, SamplingParams
 from qwen_audio import kernels as K
 from qwen_audio.loading import load_checkpoint, save_quantized
 from qwen_audio.model import quant
-from qwen_audio.model.kv_cache import AttentionBatch
+from qwen_audio.model.attention import AttentionBatch
 from qwen_audio.model.packed import PackedLinear
 from tests.conftest import noise_clip
 

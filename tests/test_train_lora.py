@@ -132,7 +132,7 @@ def test_full_finetuning_writes_a_checkpoint_both_loaders_read(checkpoints, asr_
 
 def our_logits(llm: LLM, text: str, samples) -> torch.Tensor:
     """All-position logits of a raw prompt with one audio, through our training forward."""
-    from qwen_audio.model.kv_cache import AttentionBatch
+    from qwen_audio.model.attention import AttentionBatch
 
     prompt = llm.renderer.render_raw(text, [samples])
     model = llm.model

@@ -12,7 +12,7 @@ import gc
 import torch
 
 from ..llm import LLM
-from ..model.kv_cache import AttentionBatch
+from ..model.attention import AttentionBatch
 from ..sampling import SamplingParams
 from . import workloads as W
 

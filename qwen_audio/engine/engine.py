@@ -1,26 +1,29 @@
 """The generation engine: schedule -> run -> postprocess, one step at a time.
 
-Continuous batching: every step packs the prompts of newly admitted requests and the next token of
-every running one into a single forward, so requests join and leave at step boundaries and a long
-prompt never pads a short one. Memory is managed by admission control: a request is admitted only
-when its worst case (prompt + max_tokens) fits the KV budget next to the running ones, after
-evicting prefix-cache entries if needed, so the engine never runs out of memory mid-generation.
+Continuous batching: every step packs the prompt chunks of admitted requests and the next token
+of every running one into a single forward, so requests join and leave at step boundaries and a
+long prompt never pads a short one. Memory is one pool of fixed-size KV blocks sized by the
+budget (`kv_cache.py`); blocks are handed out as tokens arrive and shared between sequences with
+the same prefix (`block_manager.py`); the scheduler chunks prompts and preempts the newest
+sequences when the pool runs out (`scheduler.py`); the runner does the forward (`runner.py`).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections import deque
 from dataclasses import dataclass
 
 import psutil
 import torch
 
 from ..model.qwen2_audio import Qwen2AudioForConditionalGeneration
-from .prefix_cache import AudioEmbeddingCache, PrefixCache
+from .audio_cache import AudioEmbeddingCache
+from .block_manager import BlockManager
+from .kv_cache import KVPool
 from .runner import ModelRunner
-from .sequence import EngineRequest, Sequence, Status, StepOutput
+from .scheduler import Scheduler, SchedulerConfig
+from .sequence import EngineRequest, Sequence, StepOutput
 
 log = logging.getLogger(__name__)
 
@@ -31,19 +34,16 @@ class ContextLengthError(ValueError):
 
 @dataclass(frozen=True)
 class EngineConfig:
-    max_num_seqs: int = 32  # sequences decoded together at most
-    # Prompt tokens prefilled in one step (at least one prompt). 2048 rows already saturate the
-    # GEMMs on a CPU; more only raises the activation memory of the step.
-    max_prefill_tokens: int = 2048
+    max_num_seqs: int = 64  # sequences decoded together at most
+    # Prompt tokens computed in one step at most (longer prompts are cut into chunks that share
+    # steps with the running decodes). 512 rows keep the GEMMs efficient on a CPU while a step
+    # with a chunk stays a few decode steps long.
+    max_prefill_tokens: int = 512
     kv_budget_bytes: int | None = None  # None: a share of free RAM (CPU) or GPU memory
     kv_budget_fraction: float = 0.25  # the share used when kv_budget_bytes is None
     enable_prefix_cache: bool = True
-    block_size: int = 16  # prefix-cache granularity in tokens
+    block_size: int = 16  # tokens per KV block (the prefix cache's granularity too)
     max_model_len: int | None = None  # None: the model's max_position_embeddings
-
-
-# Reuse a cached prefix only when it covers at least 1/this of the prompt (see _attach_cache).
-MIN_PREFIX_HIT_SHARE_INV = 4
 
 
 def default_kv_budget(device: torch.device, fraction: float) -> int:
@@ -70,16 +70,36 @@ class LLMEngine:
         self.kv_budget = self.config.kv_budget_bytes or default_kv_budget(
             model.device, self.config.kv_budget_fraction
         )
-        probe = model.new_cache(capacity=1)
-        self.bytes_per_token = probe.bytes_per_token
-        self.prefix_cache = PrefixCache(self.config.block_size)
+        # Never more blocks than max_num_seqs sequences of the full context can use.
+        self.pool = KVPool.from_budget(
+            model.config.text,
+            self.kv_budget,
+            self.config.block_size,
+            model.dtype,
+            model.device,
+            max_tokens=self.config.max_num_seqs * self.max_model_len,
+        )
+        self.blocks = BlockManager(self.pool, self.config.enable_prefix_cache)
+        self.scheduler = Scheduler(
+            SchedulerConfig(self.config.max_num_seqs, self.config.max_prefill_tokens), self.blocks
+        )
         self.audio_cache = AudioEmbeddingCache()
-        self.runner = ModelRunner(model, self.audio_cache)
-        self.waiting: deque[Sequence] = deque()
-        self.running: list[Sequence] = []
-        self.reserved = 0  # bytes promised to running sequences
+        self.runner = ModelRunner(model, self.pool, self.audio_cache)
         self._lock = threading.Lock()
         self._aborted: set[str] = set()
+        self._pending: list[Sequence] = []  # added since the last step
+
+    @property
+    def waiting(self):
+        return self.scheduler.waiting
+
+    @property
+    def running(self) -> list[Sequence]:
+        return self.scheduler.running
+
+    @property
+    def pool_tokens(self) -> int:
+        return self.pool.num_blocks * self.pool.block_size
 
     # ---- requests -------------------------------------------------------------------------
     def add_request(self, req: EngineRequest) -> None:
@@ -90,17 +110,16 @@ class LLMEngine:
                 f"the prompt has {n} tokens (audio included) but the model's context is "
                 f"{self.max_model_len}; shorten the audio or the conversation"
             )
-        seq = Sequence(req, self.eos_token_ids, self.audio_token_id)
-        seq.max_new = min(req.params.max_tokens, self.max_model_len - n)
-        need = self._worst_case_bytes(seq)
-        if need > self.kv_budget:
+        if n + 1 > self.pool_tokens:
             raise ContextLengthError(
-                f"the request needs {need / 2**20:.0f} MiB of KV cache (prompt {n} + "
-                f"max_tokens {seq.max_new} tokens) but the budget is "
-                f"{self.kv_budget / 2**20:.0f} MiB; lower max_tokens or raise the budget"
+                f"the prompt has {n} tokens but the KV cache holds {self.pool_tokens} "
+                f"({self.pool.nbytes / 2**20:.1f} MiB budget); raise the budget or shorten it"
             )
+        seq = Sequence(req, self.eos_token_ids, self.audio_token_id)
+        # Alone in the pool a sequence always fits: it can be preempted, never starved.
+        seq.max_new = min(req.params.max_tokens, self.max_model_len - n, self.pool_tokens - n)
         with self._lock:
-            self.waiting.append(seq)
+            self._pending.append(seq)
 
     def abort(self, request_id: str) -> None:
         """Stop a request at the next step boundary and free its memory."""
@@ -108,82 +127,40 @@ class LLMEngine:
             self._aborted.add(request_id)
 
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running or self._aborted)
+        return bool(self._pending or self.waiting or self.running or self._aborted)
 
     def stats(self) -> dict:
+        b = self.blocks
         return {
-            "waiting": len(self.waiting),
+            "waiting": len(self.waiting) + len(self._pending),
             "running": len(self.running),
-            "kv_used_bytes": self.reserved + self.prefix_cache.nbytes + self.audio_cache.nbytes,
+            "kv_used_bytes": b.num_used * self.pool.block_bytes,
             "kv_budget_bytes": self.kv_budget,
-            "prefix_cache_entries": len(self.prefix_cache.entries),
-            "prefix_cache_hit_tokens": self.prefix_cache.hit_tokens,
+            "kv_pool_bytes": self.pool.nbytes,
+            "kv_blocks_total": b.num_blocks,
+            "kv_blocks_used": b.num_used,
+            "kv_blocks_free": b.num_free,
+            "kv_blocks_cached": len(b.by_hash),  # blocks holding a registered prefix
+            "preemptions": self.scheduler.num_preemptions,
+            "prefix_cache_queried_tokens": b.queried_tokens,
+            "prefix_cache_hit_tokens": b.hit_tokens,
+            "prefix_cache_hit_rate": b.hit_tokens / b.queried_tokens if b.queried_tokens else 0.0,
         }
 
     # ---- the loop -------------------------------------------------------------------------
     @torch.inference_mode()
     def step(self) -> list[StepOutput]:
         outputs = self._apply_aborts()
-        prefills = self._admit()
-        decodes = [s for s in self.running if s not in prefills]
-        if not prefills and not decodes:
+        work = self.scheduler.schedule()
+        if not work:
             return outputs
-        for seq in prefills:
-            self._attach_cache(seq)
+        seqs, logits = self.runner.execute(work)
+        for seq, _ in work:
+            self.blocks.register(seq)
         # Sampling runs on the CPU: one (vocab,) row per sequence is cheap to move from a GPU.
-        logits = self.runner.execute(prefills, decodes).cpu()
-        for row, seq in zip(logits, prefills + decodes):
+        for row, seq in zip(logits.cpu(), seqs):
             outputs.append(self._append_token(seq, row))
         return outputs
-
-    def _worst_case_bytes(self, seq: Sequence) -> int:
-        return (len(seq.prompt_ids) + seq.max_new) * self.bytes_per_token
-
-    def _admit(self) -> list[Sequence]:
-        admitted: list[Sequence] = []
-        prefill_tokens = 0
-        with self._lock:
-            while self.waiting and len(self.running) < self.config.max_num_seqs:
-                seq = self.waiting[0]
-                n = len(seq.prompt_ids)
-                if admitted and prefill_tokens + n > self.config.max_prefill_tokens:
-                    break
-                need = self._worst_case_bytes(seq)
-                if not self._make_room(need):
-                    break  # wait for running sequences to finish
-                self.waiting.popleft()
-                seq.reserved_bytes = need
-                self.reserved += need
-                seq.status = Status.RUNNING
-                self.running.append(seq)
-                admitted.append(seq)
-                prefill_tokens += n
-        return admitted
-
-    def _make_room(self, need: int) -> bool:
-        def used() -> int:
-            return self.reserved + self.prefix_cache.nbytes + self.audio_cache.nbytes
-
-        while used() + need > self.kv_budget:
-            if not (self.prefix_cache.evict_one() or self.audio_cache.evict_one()):
-                return False
-        return True
-
-    def _attach_cache(self, seq: Sequence) -> None:
-        seq.cache = self.model.new_cache(capacity=len(seq.prompt_ids) + min(seq.max_new, 64))
-        # Its buffer stays within what _admit reserved for it, so the budget bounds real memory.
-        seq.cache.max_capacity = len(seq.prompt_ids) + seq.max_new
-        if not self.config.enable_prefix_cache:
-            return
-        hashes = seq.block_hashes(self.config.block_size)
-        # Keep at least one prompt token to compute: its logits give the first new token.
-        cached, n = self.prefix_cache.lookup(hashes, len(seq.prompt_ids) - 1)
-        # A prefill after a cached prefix needs an explicit offset-causal mask, which the fused
-        # CPU attention runs ~1.7x slower than plain causal attention; a hit on a small part of
-        # a long prompt (say the system prompt before a 30 s clip) is cheaper to recompute.
-        if cached is not None and n * MIN_PREFIX_HIT_SHARE_INV >= len(seq.prompt_ids):
-            seq.cache.copy_prefix_from(cached, n)
-            seq.num_cached = seq.num_prefix_hit = n
 
     def _append_token(self, seq: Sequence, logits: torch.Tensor) -> StepOutput:
         n_gen = len(seq.output_ids)
@@ -207,30 +184,23 @@ class LLMEngine:
         )
 
     def _finish(self, seq: Sequence, reason: str) -> None:
-        seq.status = Status.FINISHED
+        """Release the blocks at once; the full ones stay in the prefix cache whatever the
+        reason (a stop string ends a request through an abort, and its prefix is good)."""
+        self.scheduler.finish(seq)
         seq.finish_reason = reason
-        with self._lock:
-            if seq in self.running:
-                self.running.remove(seq)
-            self.reserved -= seq.reserved_bytes
-            seq.reserved_bytes = 0
-        cache, seq.cache = seq.cache, None
-        if cache is not None and self.config.enable_prefix_cache and reason != "abort":
-            # The cache holds every token but the last sampled one; keep its full blocks.
-            hashes = seq.block_hashes(self.config.block_size, upto=cache.length)
-            self.prefix_cache.insert(cache, hashes)
 
     def _apply_aborts(self) -> list[StepOutput]:
         with self._lock:
             aborted, self._aborted = self._aborted, set()
-            if not aborted:
-                return []
-            waiting = [s for s in self.waiting if s.request_id in aborted]
-            for s in waiting:
-                self.waiting.remove(s)
-            running = [s for s in self.running if s.request_id in aborted]
+            pending, self._pending = self._pending, []
+        self.scheduler.waiting.extend(pending)
+        if not aborted:
+            return []
         outputs = []
-        for seq in waiting + running:
-            self._finish(seq, "abort")
-            outputs.append(StepOutput(seq.request_id, [], True, "abort", len(seq.prompt_ids), 0))
+        for seq in list(self.waiting) + list(self.running):
+            if seq.request_id in aborted:
+                self._finish(seq, "abort")
+                outputs.append(
+                    StepOutput(seq.request_id, [], True, "abort", len(seq.prompt_ids), 0)
+                )
         return outputs

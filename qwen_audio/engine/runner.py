@@ -1,12 +1,16 @@
-"""Run one engine step on the model: packed prefill chunks and decode tokens in one forward."""
+"""Run one engine step on the model: prompt chunks and decode tokens packed in one forward."""
 
 from __future__ import annotations
 
+import bisect
+
 import torch
 
-from ..model.kv_cache import AttentionBatch
+from ..model.attention import AttentionBatch, PagedBatch
 from ..model.qwen2_audio import Qwen2AudioForConditionalGeneration
-from .prefix_cache import AudioEmbeddingCache
+from .audio_cache import AudioEmbeddingCache
+from .kv_cache import KVPool
+from .scheduler import Work
 from .sequence import Sequence
 
 # Clips are encoded in padded batches; a batch closes when padding would exceed this share.
@@ -17,92 +21,113 @@ MAX_ENCODER_FRAMES = 6000
 
 class ModelRunner:
     def __init__(
-        self, model: Qwen2AudioForConditionalGeneration, audio_cache: AudioEmbeddingCache
+        self,
+        model: Qwen2AudioForConditionalGeneration,
+        pool: KVPool,
+        audio_cache: AudioEmbeddingCache,
     ) -> None:
         self.model = model
+        self.pool = pool
         self.audio_cache = audio_cache
         self.device = model.device
 
-    def execute(self, prefills: list[Sequence], decodes: list[Sequence]) -> torch.Tensor:
-        """Prefill the uncached prompt part of `prefills`, feed the last token of `decodes`.
+    def execute(self, work: list[Work]) -> tuple[list[Sequence], torch.Tensor]:
+        """Compute the scheduled tokens of every sequence, writing their keys/values.
 
-        Returns float32 logits (len(prefills) + len(decodes), vocab), one row per sequence, for the
-        position after its last token.
+        Returns the sequences whose last token was computed (a chunk that ends inside a prompt
+        gives none) and their float32 logits (len, vocab) for the position after it.
         """
-        seqs = prefills + decodes
+        self._encode_audio(work)
         ids: list[int] = []
         positions: list[int] = []
-        seq_lens: list[int] = []
-        is_audio: list[bool] = []
+        audio_rows: list[int] = []
         audio_parts: list[torch.Tensor] = []
-        table = self.audio_table(prefills)
-        for seq in prefills:
-            start = seq.num_cached
-            ids += seq.prompt_ids[start:]
-            positions += range(start, len(seq.prompt_ids))
-            seq_lens.append(len(seq.prompt_ids) - start)
-            audio_at = set(seq.audio_positions)
-            is_audio += [p in audio_at for p in range(start, len(seq.prompt_ids))]
-            audio_parts += self._audio_rows(seq, start, table)
-        for seq in decodes:
-            ids.append(seq.output_ids[-1])
-            positions.append(seq.num_tokens - 1)
-            seq_lens.append(1)
-            is_audio.append(False)  # a generated <|AUDIO|> id is plain text
-        batch = AttentionBatch(seq_lens, [s.cache for s in seqs])
-        audio = torch.cat(audio_parts) if audio_parts else None
+        for seq, n in work:
+            start, end = seq.num_cached, seq.num_cached + n
+            rows_before = len(ids)
+            ids += seq.token_ids(start, end)
+            positions += range(start, end)
+            # A generated <|AUDIO|> id is plain text: only prompt positions can hold audio.
+            a0 = bisect.bisect_left(seq.audio_positions, start)
+            a1 = bisect.bisect_left(seq.audio_positions, end)
+            if a1 > a0:
+                audio_rows += [rows_before + p - start for p in seq.audio_positions[a0:a1]]
+                audio_parts.append(_audio_slice(seq, a0, a1))
+        seq_lens = [n for _, n in work]
+        paged = PagedBatch(
+            self.pool.kv,
+            [seq.num_cached + n for seq, n in work],
+            [seq.block_table for seq, _ in work],
+        )
+        batch = AttentionBatch(seq_lens, paged)
+        is_audio = torch.zeros(len(ids), dtype=torch.bool)
+        is_audio[audio_rows] = True
         hidden = self.model(
             torch.tensor(ids, device=self.device),
             torch.tensor(positions, device=self.device),
             batch,
-            audio,
-            torch.tensor(is_audio, device=self.device),
+            torch.cat(audio_parts) if audio_parts else None,
+            is_audio.to(self.device),
         )
-        for seq, n in zip(seqs, seq_lens):
+        done = []
+        for i, (seq, n) in enumerate(work):
             seq.num_cached += n
-        return self.model.logits(hidden[batch.last_token_indices().to(self.device)])
+            if seq.num_cached >= len(seq.prompt_ids):
+                seq.audio_embeds = [None] * len(seq.clips)  # the prompt is in the pool now
+            if seq.num_cached == seq.num_tokens:
+                done.append(i)
+        rows = batch.last_token_indices()[done].to(self.device)
+        return [work[i].seq for i in done], self.model.logits(hidden[rows])
 
-    def _audio_rows(
-        self, seq: Sequence, start: int, table: dict[bytes, torch.Tensor]
-    ) -> list[torch.Tensor]:
-        """Embeddings of the audio tokens of `seq` at positions >= start, in order."""
-        rows = []
-        for clip_hash, offset, _clip in self._needed_clips(seq, start):
-            skip = sum(1 for p in seq.audio_positions if p < start)  # audio tokens cached
-            rows.append(table[clip_hash][max(skip - offset, 0) :])
-        return rows
-
-    @staticmethod
-    def _needed_clips(seq: Sequence, start: int):
-        """(hash, first audio-token index, clip) of the clips not fully inside the cached prefix."""
-        skip = sum(1 for p in seq.audio_positions if p < start)
-        offset = 0
-        for clip, key in zip(seq.clips, seq.clip_hashes):
-            if offset + clip.num_tokens > skip:
-                yield key, offset, clip
-            offset += clip.num_tokens
-
-    def audio_table(self, seqs: list[Sequence]) -> dict[bytes, torch.Tensor]:
-        """Embeddings of every clip these prefills need: cached ones, the rest encoded in batches."""
-        table: dict[bytes, torch.Tensor] = {}
-        todo: dict[bytes, object] = {}
-        for seq in seqs:
-            for key, _, clip in self._needed_clips(seq, seq.num_cached):
+    def _encode_audio(self, work: list[Work]) -> None:
+        """Embeddings of the clips this step's chunks reach: cached ones, the rest encoded in
+        batches. They stay on the sequence until its whole prompt is computed, so a prompt cut
+        into chunks encodes each clip once."""
+        todo: dict[bytes, list[tuple[Sequence, int]]] = {}
+        for seq, n in work:
+            for j in _clips_in(seq, seq.num_cached, seq.num_cached + n):
+                if seq.audio_embeds[j] is not None:
+                    continue
+                key = seq.clip_hashes[j]
                 cached = self.audio_cache.get(key)
                 if cached is not None:
-                    table[key] = cached
+                    seq.audio_embeds[j] = cached
                 else:
-                    todo[key] = clip
-        keys = sorted(todo, key=lambda k: todo[k].num_frames)
-        for group in _length_groups([todo[k].features.shape[1] for k in keys]):
+                    todo.setdefault(key, []).append((seq, j))
+        clips = {key: users[0][0].clips[users[0][1]] for key, users in todo.items()}
+        keys = sorted(clips, key=lambda k: clips[k].num_frames)
+        for group in _length_groups([clips[k].features.shape[1] for k in keys]):
             batch_keys = [keys[g] for g in group]
             embs = self.model.encode_audio(
-                [todo[k].features for k in batch_keys], [todo[k].num_frames for k in batch_keys]
+                [clips[k].features for k in batch_keys], [clips[k].num_frames for k in batch_keys]
             )
-            for k, e in zip(batch_keys, embs):
-                table[k] = e
-                self.audio_cache.put(k, e)
-        return table
+            for key, emb in zip(batch_keys, embs):
+                self.audio_cache.put(key, emb)
+                for seq, j in todo[key]:
+                    seq.audio_embeds[j] = emb
+
+
+def _clips_in(seq: Sequence, start: int, end: int) -> list[int]:
+    """Indices of the clips with audio tokens at positions [start, end)."""
+    a0 = bisect.bisect_left(seq.audio_positions, start)
+    a1 = bisect.bisect_left(seq.audio_positions, end)
+    found, offset = [], 0
+    for j, clip in enumerate(seq.clips):
+        if offset < a1 and offset + clip.num_tokens > a0:
+            found.append(j)
+        offset += clip.num_tokens
+    return found
+
+
+def _audio_slice(seq: Sequence, a0: int, a1: int) -> torch.Tensor:
+    """Embeddings of the sequence's audio tokens a0..a1-1 (counted over all its clips)."""
+    parts, offset = [], 0
+    for clip, emb in zip(seq.clips, seq.audio_embeds):
+        lo, hi = max(a0 - offset, 0), min(a1 - offset, clip.num_tokens)
+        if lo < hi:
+            parts.append(emb[lo:hi])
+        offset += clip.num_tokens
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def _length_groups(lengths: list[int]) -> list[list[int]]:

@@ -1,4 +1,4 @@
-"""One request inside the engine: its prompt ids, audio features, cache and generated ids."""
+"""One request inside the engine: its prompt ids, audio features, block table and generated ids."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from dataclasses import dataclass
 import torch
 
 from ..audio import AudioClip
-from ..model.kv_cache import KVCache
 from ..sampling import SamplingParams
 from .sampler import RowSampler
 
@@ -52,14 +51,19 @@ class Sequence:
         self.output_ids: list[int] = []
         self.status = Status.WAITING
         self.finish_reason: str | None = None
-        self.cache: KVCache | None = None
-        self.num_cached = 0  # tokens whose keys/values are in `cache`
-        self.num_prefix_hit = 0
-        self.reserved_bytes = 0
+        self.block_table: list[int] = []  # KV pool blocks holding its tokens, in order
+        self.num_cached = 0  # tokens whose keys/values are in the pool
+        self.num_registered = 0  # of which in blocks registered in the prefix cache
+        self.num_prefix_hit = 0  # prompt tokens found in the prefix cache when first admitted
+        self.admitted = False  # admitted once (a preempted sequence is admitted again)
+        self.audio_embeds: list[torch.Tensor | None] = [None] * len(req.audio_clips)
         self.max_new = req.params.max_tokens  # the engine lowers it to fit the context
         self.eos_token_ids = () if req.params.ignore_eos else eos_token_ids
         self.sampler = RowSampler(req.params, self.eos_token_ids, "cpu")
         self.audio_positions = [i for i, t in enumerate(self.prompt_ids) if t == audio_token_id]
+        self._keys: list[bytes] | None = None  # content_keys(), computed on first use
+        self._hashes: list[bytes] = []  # block_hash() of blocks 0, 1, ...
+        self._hash_block_size = 0
         total = sum(c.num_tokens for c in self.clips)
         if total != len(self.audio_positions):
             raise ValueError(
@@ -75,27 +79,36 @@ class Sequence:
     def num_tokens(self) -> int:
         return len(self.prompt_ids) + len(self.output_ids)
 
+    def token_ids(self, start: int, end: int) -> list[int]:
+        """Ids of tokens [start, end) of prompt + output, without building the whole list."""
+        p = len(self.prompt_ids)
+        if start >= p:
+            return self.output_ids[start - p : end - p]
+        return self.prompt_ids[start:end] + self.output_ids[: max(end - p, 0)]
+
     def content_keys(self) -> list[bytes]:
-        """A key per token that also tells audio clips apart (all clips share `<|AUDIO|>`)."""
-        keys = [t.to_bytes(4, "little") for t in self.all_ids]
+        """A key per prompt token that also tells audio clips apart (all share `<|AUDIO|>`)."""
+        keys = [t.to_bytes(4, "little") for t in self.prompt_ids]
         pos = iter(self.audio_positions)
         for clip_hash, clip in zip(self.clip_hashes, self.clips):
             for offset in range(clip.num_tokens):
                 keys[next(pos)] = clip_hash + offset.to_bytes(4, "little")
         return keys
 
-    def block_hashes(self, block_size: int, upto: int | None = None) -> list[bytes]:
-        """Chained hashes of the full blocks among the first `upto` tokens."""
-        keys = self.content_keys()
-        n = len(keys) if upto is None else min(upto, len(keys))
-        hashes, prev = [], b""
-        for start in range(0, n - block_size + 1, block_size):
-            h = hashlib.blake2b(prev, digest_size=16)
-            for k in keys[start : start + block_size]:
-                h.update(k)
-            prev = h.digest()
-            hashes.append(prev)
-        return hashes
+    def block_hash(self, i: int, block_size: int) -> bytes:
+        """Chained hash of tokens [0, (i + 1) * block_size): the prefix-cache key of block i."""
+        if self._hash_block_size != block_size:
+            self._hashes, self._hash_block_size = [], block_size
+        if self._keys is None:
+            self._keys = self.content_keys()
+        p = len(self.prompt_ids)
+        while len(self._hashes) <= i:
+            start = len(self._hashes) * block_size
+            h = hashlib.blake2b(self._hashes[-1] if self._hashes else b"", digest_size=16)
+            for t in range(start, start + block_size):
+                h.update(self._keys[t] if t < p else self.output_ids[t - p].to_bytes(4, "little"))
+            self._hashes.append(h.digest())
+        return self._hashes[i]
 
     def seen_ids(self) -> torch.Tensor:
         return torch.tensor(self.all_ids, dtype=torch.long)

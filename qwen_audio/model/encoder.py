@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import AudioEncoderConfig
-from .kv_cache import PaddedLayout
+from .attention import PaddedLayout
 
 
 def conv_frames(num_mel_frames: int) -> int:

@@ -2,7 +2,7 @@
 
 Module names follow the hub checkpoint (`language_model.model.layers.0.self_attn.q_proj`, ...), so
 loading is a 1:1 name map. Inputs are packed token rows (T, D) with explicit positions; see
-`kv_cache.AttentionBatch`.
+`attention.AttentionBatch`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..config import TextConfig
-from .kv_cache import AttentionBatch
+from .attention import AttentionBatch
 
 
 class RMSNorm(nn.Module):
@@ -92,13 +92,6 @@ def padded_causal_attention(
     return out.transpose(0, 1).reshape(H, B * M, D).index_select(1, layout.keep)  # (H, T, D)
 
 
-def causal_mask(new: int, total: int, device: torch.device) -> torch.Tensor:
-    """Boolean (new, total) mask: new token i (at position total-new+i) sees keys <= itself."""
-    past = total - new
-    rows = torch.arange(new, device=device)[:, None] + past
-    return torch.arange(total, device=device)[None, :] <= rows
-
-
 class Qwen2Attention(nn.Module):
     def __init__(self, cfg: TextConfig) -> None:
         super().__init__()
@@ -129,38 +122,22 @@ class Qwen2Attention(nn.Module):
         q = apply_rotary(q, cos, sin)
         k = apply_rotary(k, cos, sin)
 
-        if batch.caches is None and len(batch.seq_lens) > 1:
+        if batch.paged is not None:  # inference: write into the KV pool, attend through it
+            out = batch.paged.attend(layer_idx, q, k, v, self.decode_kernel)  # (H, T, D)
+            return self.o_proj(out.transpose(0, 1).reshape(T, H * D))
+        if len(batch.seq_lens) > 1:
             out = padded_causal_attention(q, k, v, batch, fused=q.is_cuda)
             if out is not None:
                 return self.o_proj(out.transpose(0, 1).reshape(T, H * D))
         outputs = []
         start = 0
-        for i, n in enumerate(batch.seq_lens):
+        for n in batch.seq_lens:
             qi, ki, vi = q[:, start : start + n], k[:, start : start + n], v[:, start : start + n]
-            if batch.caches is not None:
-                ki, vi = batch.caches[i].write(layer_idx, ki, vi)  # (Hkv, past + n, D)
-            total = ki.shape[1]
             # SDPA gets 4-D inputs: for 3-D ones the CPU dispatcher skips the fused kernel and
             # runs the unfused math path (4x slower on a 30 s clip).
-            if n == 1 and self.decode_kernel is not None and ki.dtype != torch.float32:
-                # 16-bit caches: PyTorch's fused attention is slow with one 16-bit query on CPU
-                q2 = qi.reshape(H, D).float()
-                out = self.decode_kernel(q2, ki, vi).to(qi.dtype).view(H, 1, D)
-            elif n == 1:
-                # Decode: the query heads that share a KV head become rows of one query block,
-                # (Hkv, H/Hkv, D), so no keys or values are copied per head.
-                q4 = qi.reshape(1, Hkv, H // Hkv, D)
-                out = F.scaled_dot_product_attention(q4, ki[None], vi[None]).view(H, 1, D)
-            else:
-                mask = None if total == n else causal_mask(n, total, x.device)
-                out = F.scaled_dot_product_attention(
-                    qi[None],
-                    ki[None],
-                    vi[None],
-                    attn_mask=mask,
-                    is_causal=mask is None,
-                    enable_gqa=H != Hkv,
-                )[0]  # (H, n, D)
+            out = F.scaled_dot_product_attention(
+                qi[None], ki[None], vi[None], is_causal=True, enable_gqa=H != Hkv
+            )[0]  # (H, n, D)
             outputs.append(out)
             start += n
         out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)  # (H, T, D)
@@ -203,12 +180,9 @@ class Qwen2Model(nn.Module):
     def forward(
         self, inputs_embeds: torch.Tensor, positions: torch.Tensor, batch: AttentionBatch
     ) -> torch.Tensor:
-        """(T, D) packed embeddings -> (T, D) final hidden states; updates the batch's caches."""
+        """(T, D) packed embeddings -> (T, D) final hidden states; writes the batch's KV pool."""
         if batch.num_tokens != inputs_embeds.shape[0]:
             raise ValueError("AttentionBatch.seq_lens does not add up to the number of tokens")
-        if batch.caches is not None:
-            for cache, n in zip(batch.caches, batch.seq_lens):
-                cache.reserve(n)
         cos, sin = self.rotary_emb(positions, inputs_embeds.dtype)
         x = inputs_embeds
         for i, layer in enumerate(self.layers):
@@ -216,9 +190,6 @@ class Qwen2Model(nn.Module):
                 x = checkpoint(layer, x, cos, sin, batch, i, use_reentrant=False)
             else:
                 x = layer(x, cos, sin, batch, i)
-        if batch.caches is not None:
-            for cache, n in zip(batch.caches, batch.seq_lens):
-                cache.advance(n)
         return self.norm(x)
 
 

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
+from .attention import AttentionBatch
 from .encoder import AudioEncoder
-from .kv_cache import AttentionBatch, KVCache
 from .qwen2 import Qwen2ForCausalLM
 
 
@@ -92,14 +92,3 @@ class Qwen2AudioForConditionalGeneration(nn.Module):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.language_model.logits(hidden)
-
-    def new_cache(self, capacity: int = 0) -> KVCache:
-        t = self.config.text
-        return KVCache(
-            t.num_hidden_layers,
-            t.num_key_value_heads,
-            t.head_dim,
-            dtype=self.dtype,
-            device=self.device,
-            capacity=capacity,
-        )

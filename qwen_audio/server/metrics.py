@@ -13,6 +13,33 @@ LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 
 Labels = tuple[tuple[str, str], ...]
 
+# engine.stats() key -> (metric name, type, help); keys an engine does not report are left out.
+ENGINE_STATS = {
+    "waiting": ("engine_waiting_requests", "gauge", "Requests queued in the engine."),
+    "running": ("engine_running_requests", "gauge", "Requests in the engine's running batch."),
+    "kv_used_bytes": ("kv_cache_used_bytes", "gauge", "KV cache memory in use."),
+    "kv_budget_bytes": ("kv_cache_budget_bytes", "gauge", "KV cache memory budget."),
+    "kv_blocks_used": ("kv_cache_blocks_used", "gauge", "KV blocks held by requests."),
+    "kv_blocks_free": ("kv_cache_blocks_free", "gauge", "KV blocks free (cached ones included)."),
+    "kv_blocks_cached": ("kv_cache_blocks_cached", "gauge", "KV blocks holding a cached prefix."),
+    "preemptions": ("engine_preemptions_total", "counter", "Requests preempted for memory."),
+    "prefix_cache_queried_tokens": (
+        "prefix_cache_queried_tokens_total",
+        "counter",
+        "Prompt tokens looked up in the prefix cache.",
+    ),
+    "prefix_cache_hit_tokens": (
+        "prefix_cache_hit_tokens_total",
+        "counter",
+        "Prompt tokens found in the prefix cache.",
+    ),
+    "prefix_cache_hit_rate": (
+        "prefix_cache_hit_rate",
+        "gauge",
+        "Share of prompt tokens found in the prefix cache.",
+    ),
+}
+
 
 def _labels(labels: Labels, extra: tuple[tuple[str, str], ...] = ()) -> str:
     items = labels + extra
@@ -100,15 +127,9 @@ class Metrics:
         lines.append(f"{p}_queue_rejections_total {self.rejected_full}")
         family("requests_in_flight", "gauge", "Admitted requests not finished yet.")
         lines.append(f"{p}_requests_in_flight {self.in_flight}")
-        gauges = {
-            "waiting": ("engine_waiting_requests", "Requests queued in the engine."),
-            "running": ("engine_running_requests", "Requests in the engine's running batch."),
-            "kv_used_bytes": ("kv_cache_used_bytes", "KV cache memory in use."),
-            "kv_budget_bytes": ("kv_cache_budget_bytes", "KV cache memory budget."),
-        }
-        for key, (name, help_) in gauges.items():
+        for key, (name, kind, help_) in ENGINE_STATS.items():
             if key in engine_stats:
-                family(name, "gauge", help_)
+                family(name, kind, help_)
                 lines.append(f"{p}_{name} {engine_stats[key]}")
         family("model_info", "gauge", "The served model.")
         lines.append(f"{p}_model_info{_labels((('model', self.model),))} 1")

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..model.kv_cache import AttentionBatch
+from ..model.attention import AttentionBatch
 from .batching import PackedBatch
 from .data import RowInfo
 

@@ -1,0 +1,218 @@
+"""What the decoder's attention sees: a packed batch, and for inference the paged KV pool.
+
+The decoder runs on *packed* batches: the new tokens of several sequences are laid back to back in
+one (T, D) tensor, so a 30 s clip and a one-word follow-up share a step without padding. An
+`AttentionBatch` says where each sequence starts. For inference it also carries a `PagedBatch`:
+the engine's KV pool (fixed-size blocks of tokens) and the block table of every sequence. Each
+layer writes its new keys/values into the pool through the batch and attends over the blocks, so
+nothing about the cache is hidden in hooks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+
+class PaddedLayout(NamedTuple):
+    """Where B packed sequences (rows of one (T, ...) tensor, one after the other) sit on a
+    right-padded (B x M = longest) grid: the decoder's cache-free attention and the audio
+    encoder's attention both use it."""
+
+    gather: torch.Tensor  # (B * M,) packed row of each grid cell; padding cells read row 0
+    keep: torch.Tensor  # (T,) grid cell of each packed row
+    valid: torch.Tensor  # (B, M) True at the cells that hold a packed row
+
+    @classmethod
+    def of(cls, lengths: list[int], device: torch.device) -> PaddedLayout:
+        lens = torch.tensor(lengths, device=device)
+        pos = torch.arange(max(lengths), device=device)[None, :]
+        valid = pos < lens[:, None]
+        starts = (lens.cumsum(0) - lens)[:, None]
+        gather = torch.where(valid, starts + pos, torch.zeros_like(pos)).flatten()
+        keep = valid.flatten().nonzero().flatten()
+        return cls(gather, keep, valid)
+
+
+class PrefillChunk(NamedTuple):
+    """One sequence with several new tokens: rows [start, start + n) of the packed batch."""
+
+    start: int
+    n: int
+    context: int  # its tokens after this step (cached + new)
+    table: torch.Tensor  # (blocks,) its block ids
+    mask: torch.Tensor | None  # (n, blocks * block_size) when it has cached tokens, else None
+
+
+class DecodeGroup(NamedTuple):
+    """The sequences with one new token each, attended together in one call."""
+
+    rows: torch.Tensor  # (Bd,) packed row of each one's token
+    tables: torch.Tensor  # (Bd, blocks) block ids, short tables padded with their first block
+    mask: torch.Tensor  # (Bd, 1, 1, blocks * block_size) True at the keys it may see
+
+
+class SDPABackend:
+    """Paged attention with torch's scaled_dot_product_attention, on CPU and CUDA.
+
+    The blocks of a sequence are gathered (block-sized contiguous copies) and attended with a
+    mask: every sequence with one new token in a single call, each prefill chunk in its own call
+    (padding a 512-token chunk's queries to a decode's would multiply the work). A fused paged
+    kernel (FlashAttention / FlashInfer on CUDA) would replace `attend` and read the blocks in
+    place; `write` is what any backend shares.
+    """
+
+    @staticmethod
+    def write(kv_layer: torch.Tensor, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """Store k, v (T, Hkv, D) at the pool slots (T,) of kv_layer (2, N, block, Hkv, D)."""
+        Hkv, D = kv_layer.shape[-2:]
+        kv_layer[0].view(-1, Hkv, D).index_copy_(0, slots, k)
+        kv_layer[1].view(-1, Hkv, D).index_copy_(0, slots, v)
+
+    @staticmethod
+    def attend(
+        kv_layer: torch.Tensor,
+        paged: PagedBatch,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+    ) -> torch.Tensor:
+        """q (H, T, D) with the new k, v (Hkv, T, D) already written -> (H, T, D)."""
+        H, T, D = q.shape
+        Hkv = kv_layer.shape[-2]
+        out = torch.empty_like(q)
+        for c in paged.prefills:
+            qi = q[:, c.start : c.start + c.n][None]  # (1, H, n, D)
+            if c.mask is None:  # no cached tokens: its keys are exactly the new ones
+                ki, vi = k[:, c.start : c.start + c.n][None], v[:, c.start : c.start + c.n][None]
+            else:
+                ki, vi = _gather(kv_layer, c.table[None])  # (1, Hkv, L, D)
+            out[:, c.start : c.start + c.n] = F.scaled_dot_product_attention(
+                qi, ki, vi, attn_mask=c.mask, is_causal=c.mask is None, enable_gqa=H != Hkv
+            )[0]
+        d = paged.decode
+        if d is not None:
+            Bd = d.rows.shape[0]
+            # The query heads that share a KV head become rows of one query block, so no keys
+            # or values are copied per head: (Bd, Hkv, H/Hkv, D).
+            qd = q.index_select(1, d.rows).transpose(0, 1).reshape(Bd, Hkv, H // Hkv, D)
+            kd, vd = _gather(kv_layer, d.tables)  # (Bd, Hkv, L, D)
+            od = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=d.mask)
+            out.index_copy_(1, d.rows, od.reshape(Bd, H, D).transpose(0, 1))
+        return out
+
+
+def _gather(kv_layer: torch.Tensor, tables: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values of the blocks in `tables` (B, blocks) -> two (B, Hkv, blocks * bs, D)."""
+    B, nb = tables.shape
+    _, _, bs, Hkv, D = kv_layer.shape
+    flat = tables.flatten()
+    keys = kv_layer[0].index_select(0, flat).view(B, nb * bs, Hkv, D).transpose(1, 2)
+    values = kv_layer[1].index_select(0, flat).view(B, nb * bs, Hkv, D).transpose(1, 2)
+    return keys, values
+
+
+@dataclass
+class PagedBatch:
+    """The KV pool of an inference step and where each sequence's tokens live in it.
+
+    `kv` is (layers, 2, num_blocks, block_size, kv_heads, head_dim), owned by the engine; token p
+    of a sequence lives in block `block_tables[i][p // block_size]` at offset p % block_size.
+    """
+
+    kv: torch.Tensor
+    context_lens: list[int]  # tokens of each sequence after this step: cached + new
+    block_tables: list[list[int]]
+    backend: type[SDPABackend] = SDPABackend
+    slots: torch.Tensor = field(init=False)  # (T,) pool slot of each new token
+    prefills: list[PrefillChunk] = field(init=False)
+    decode: DecodeGroup | None = field(init=False)
+
+    @property
+    def block_size(self) -> int:
+        return self.kv.shape[3]
+
+    def prepare(self, seq_lens: list[int]) -> None:
+        """Index tensors for the whole step, built once (every layer uses them)."""
+        bs, device = self.block_size, self.kv.device
+        slots: list[int] = []
+        self.prefills = []
+        decodes: list[tuple[int, list[int], int]] = []  # (row, table, context)
+        row = 0
+        for n, ctx, table in zip(seq_lens, self.context_lens, self.block_tables):
+            if len(table) * bs < ctx:
+                raise ValueError(f"a block table of {len(table)} blocks cannot hold {ctx} tokens")
+            slots += [table[p // bs] * bs + p % bs for p in range(ctx - n, ctx)]
+            if n == 1:
+                decodes.append((row, table, ctx))
+            else:
+                used = table[: -(-ctx // bs)]
+                mask = None
+                if ctx > n:  # cached tokens first: new token i sits at position ctx - n + i
+                    rows = torch.arange(ctx - n, ctx, device=device)[:, None]
+                    mask = torch.arange(len(used) * bs, device=device)[None, :] <= rows
+                t = torch.tensor(used, device=device)
+                self.prefills.append(PrefillChunk(row, n, ctx, t, mask))
+            row += n
+        self.slots = torch.tensor(slots, dtype=torch.long, device=device)
+        self.decode = None
+        if decodes:
+            nb = max(-(-ctx // bs) for _, _, ctx in decodes)
+            tables = [t[: -(-ctx // bs)] for _, t, ctx in decodes]
+            padded = [t + [t[0]] * (nb - len(t)) for t in tables]
+            ctx = torch.tensor([c for _, _, c in decodes], device=device)
+            mask = torch.arange(nb * bs, device=device)[None, :] < ctx[:, None]
+            self.decode = DecodeGroup(
+                torch.tensor([r for r, _, _ in decodes], device=device),
+                torch.tensor(padded, device=device),
+                mask[:, None, None, :],
+            )
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Write this step's k, v (Hkv, T, D) for `layer`, attend q (H, T, D) -> (H, T, D)."""
+        kv_layer = self.kv[layer]
+        self.backend.write(kv_layer, self.slots, k.transpose(0, 1), v.transpose(0, 1))
+        return self.backend.attend(kv_layer, self, q, k, v)
+
+
+@dataclass
+class AttentionBatch:
+    """How the packed tokens split into sequences.
+
+    seq_lens[i] new tokens of sequence i follow those of sequence i-1. With `paged`, sequence i
+    attends to its cached tokens plus its new ones, through the pool; without (training,
+    scoring), each sequence attends causally within its own new tokens only.
+    """
+
+    seq_lens: list[int]
+    paged: PagedBatch | None = None
+    _padding: PaddedLayout | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.paged is not None:
+            if len(self.paged.context_lens) != len(self.seq_lens):
+                raise ValueError("one context length and block table per sequence is required")
+            self.paged.prepare(self.seq_lens)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(self.seq_lens)
+
+    def last_token_indices(self) -> torch.Tensor:
+        """Row of each sequence's last new token in the packed tensor (where logits are needed)."""
+        ends = torch.tensor(self.seq_lens).cumsum(0)
+        return ends - 1
+
+    def padded_layout(self, device: torch.device) -> PaddedLayout:
+        """Where the packed tokens go on a right-padded (sequences x longest) grid. Computed
+        once per batch, as every layer uses it."""
+        if self._padding is None or self._padding.gather.device != device:
+            self._padding = PaddedLayout.of(self.seq_lens, device)
+        return self._padding
+
+    @staticmethod
+    def single(num_tokens: int) -> AttentionBatch:
+        return AttentionBatch([num_tokens])
