@@ -3,6 +3,7 @@ chunked prefill, prefix sharing between concurrent requests."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from qwen_audio import LLM, SamplingParams
@@ -19,10 +20,15 @@ from tests.test_engine import conv, request, run_until_done
 # ---- attention through block tables -----------------------------------------------------------
 
 
-def test_paged_attention_equals_attending_each_whole_sequence():
+@pytest.mark.parametrize(
+    "tables",
+    [[[5, 2, 11], [0, 7, 3], [9, 14]], [[0, 1, 2], [3, 4, 5], [6, 7]]],
+    ids=["shuffled", "consecutive"],
+)
+def test_paged_attention_equals_attending_each_whole_sequence(tables):
     """One step mixing a decode, a chunk after cached tokens and a fresh prompt, through
-    shuffled block tables in a pool full of NaN garbage, gives what plain causal attention over
-    each whole sequence gives."""
+    block tables in a pool full of NaN garbage, gives what plain causal attention over each
+    whole sequence gives; so does a step with a lone decode."""
     torch.manual_seed(0)
     cfg = TextConfig(
         vocab_size=32,
@@ -40,7 +46,6 @@ def test_paged_attention_equals_attending_each_whole_sequence():
     pool.kv.fill_(float("nan"))
     lengths = [9, 12, 6]  # whole sequences
     cached = [8, 7, 0]  # tokens already in the pool before the step
-    tables = [[5, 2, 11], [0, 7, 3], [9, 14]]
     for table in tables:
         for b in table:
             pool.zero_block(b)
@@ -66,6 +71,12 @@ def test_paged_attention_equals_attending_each_whole_sequence():
             whole = attn(x, cos, sin, AttentionBatch([len(x)]), 0)
             got = out[starts[i] : starts[i + 1]]
             torch.testing.assert_close(got, whole[cached[i] :], rtol=1e-5, atol=1e-5)
+        # the first sequence alone, one token further (its 10th, in its third block)
+        x = torch.cat([xs[0], torch.randn(1, cfg.hidden_size)])
+        out = run([x[-1:]], [len(x)], [tables[0]])
+        cos, sin = rope(torch.arange(len(x)), x.dtype)
+        whole = attn(x, cos, sin, AttentionBatch([len(x)]), 0)
+        torch.testing.assert_close(out, whole[-1:], rtol=1e-5, atol=1e-5)
 
 
 # ---- block manager ----------------------------------------------------------------------------

@@ -45,6 +45,7 @@ class PrefillChunk(NamedTuple):
     context: int  # its tokens after this step (cached + new)
     table: torch.Tensor  # (blocks,) its block ids
     mask: torch.Tensor | None  # (n, blocks * block_size) when it has cached tokens, else None
+    span: tuple[int, int] | None  # its pool slots [a, b) when its blocks are consecutive
 
 
 class DecodeGroup(NamedTuple):
@@ -53,6 +54,7 @@ class DecodeGroup(NamedTuple):
     rows: torch.Tensor  # (Bd,) packed row of each one's token
     tables: torch.Tensor  # (Bd, blocks) block ids, short tables padded with their first block
     mask: torch.Tensor  # (Bd, 1, 1, blocks * block_size) True at the keys it may see
+    span: tuple[int, int] | None  # a lone sequence's pool slots [a, b) if its blocks are in order
 
 
 class SDPABackend:
@@ -83,25 +85,37 @@ class SDPABackend:
         """q (H, T, D) with the new k, v (Hkv, T, D) already written -> (H, T, D)."""
         H, T, D = q.shape
         Hkv = kv_layer.shape[-2]
-        out = torch.empty_like(q)
+        out = torch.empty_like(q) if paged.prefills else q  # q: never written when all decode
         for c in paged.prefills:
             qi = q[:, c.start : c.start + c.n][None]  # (1, H, n, D)
-            if c.mask is None:  # no cached tokens: its keys are exactly the new ones
+            mask = c.mask
+            if mask is None:  # no cached tokens: its keys are exactly the new ones
                 ki, vi = k[:, c.start : c.start + c.n][None], v[:, c.start : c.start + c.n][None]
+            elif c.span is not None:  # consecutive blocks: a view, and only the written slots
+                ki, vi = _slots(kv_layer, *c.span)
+                mask = mask[:, : c.span[1] - c.span[0]]
             else:
                 ki, vi = _gather(kv_layer, c.table[None])  # (1, Hkv, L, D)
             out[:, c.start : c.start + c.n] = F.scaled_dot_product_attention(
-                qi, ki, vi, attn_mask=c.mask, is_causal=c.mask is None, enable_gqa=H != Hkv
+                qi, ki, vi, attn_mask=mask, is_causal=mask is None, enable_gqa=H != Hkv
             )[0]
         d = paged.decode
         if d is not None:
             Bd = d.rows.shape[0]
             # The query heads that share a KV head become rows of one query block, so no keys
             # or values are copied per head: (Bd, Hkv, H/Hkv, D).
-            qd = q.index_select(1, d.rows).transpose(0, 1).reshape(Bd, Hkv, H // Hkv, D)
-            kd, vd = _gather(kv_layer, d.tables)  # (Bd, Hkv, L, D)
-            od = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=d.mask)
-            out.index_copy_(1, d.rows, od.reshape(Bd, H, D).transpose(0, 1))
+            qd = q if Bd == T else q.index_select(1, d.rows)
+            qd = qd.transpose(0, 1).reshape(Bd, Hkv, H // Hkv, D)
+            if d.span is not None:  # one sequence in consecutive blocks: as a plain cache
+                kd, vd = _slots(kv_layer, *d.span)
+                od = F.scaled_dot_product_attention(qd, kd, vd)
+            else:
+                kd, vd = _gather(kv_layer, d.tables)  # (Bd, Hkv, L, D)
+                od = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=d.mask)
+            od = od.reshape(Bd, H, D).transpose(0, 1)  # (H, Bd, D)
+            if Bd == T:  # decodes only: their rows are the whole batch, in order
+                return od
+            out.index_copy_(1, d.rows, od)
         return out
 
 
@@ -113,6 +127,22 @@ def _gather(kv_layer: torch.Tensor, tables: torch.Tensor) -> tuple[torch.Tensor,
     keys = kv_layer[0].index_select(0, flat).view(B, nb * bs, Hkv, D).transpose(1, 2)
     values = kv_layer[1].index_select(0, flat).view(B, nb * bs, Hkv, D).transpose(1, 2)
     return keys, values
+
+
+def _slots(kv_layer: torch.Tensor, a: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values of the consecutive pool slots [a, b) -> two (1, Hkv, b - a, D) views."""
+    Hkv, D = kv_layer.shape[-2:]
+    keys = kv_layer[0].view(-1, Hkv, D)[a:b].transpose(0, 1)[None]
+    values = kv_layer[1].view(-1, Hkv, D)[a:b].transpose(0, 1)[None]
+    return keys, values
+
+
+def _span(table: list[int], context: int, block_size: int) -> tuple[int, int] | None:
+    """Pool slots [a, a + context) of a sequence whose blocks follow each other, else None."""
+    first = table[0]
+    if any(b != first + i for i, b in enumerate(table)):
+        return None
+    return first * block_size, first * block_size + context
 
 
 @dataclass
@@ -155,7 +185,8 @@ class PagedBatch:
                     rows = torch.arange(ctx - n, ctx, device=device)[:, None]
                     mask = torch.arange(len(used) * bs, device=device)[None, :] <= rows
                 t = torch.tensor(used, device=device)
-                self.prefills.append(PrefillChunk(row, n, ctx, t, mask))
+                span = _span(used, ctx, bs)
+                self.prefills.append(PrefillChunk(row, n, ctx, t, mask, span))
             row += n
         self.slots = torch.tensor(slots, dtype=torch.long, device=device)
         self.decode = None
@@ -169,6 +200,7 @@ class PagedBatch:
                 torch.tensor([r for r, _, _ in decodes], device=device),
                 torch.tensor(padded, device=device),
                 mask[:, None, None, :],
+                _span(tables[0], decodes[0][2], bs) if len(decodes) == 1 else None,
             )
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
