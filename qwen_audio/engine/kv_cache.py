@@ -14,9 +14,10 @@ from ..config import TextConfig
 
 
 class KVPool:
-    """Layout (layers, 2, num_blocks, block_size, kv_heads, head_dim): a token's keys for one
-    layer are one contiguous (kv_heads, head_dim) row, so writing a step's tokens is one
-    index_copy per layer and gathering a sequence copies whole blocks."""
+    """Layout (layers, 2, kv_heads, num_blocks, block_size, head_dim): for one layer and KV head
+    a block is block_size contiguous rows of head_dim, so a sequence in consecutive blocks is a
+    plain (kv_heads, tokens, head_dim) view, what attention kernels take, and gathering the
+    others copies whole blocks."""
 
     def __init__(
         self,
@@ -31,9 +32,9 @@ class KVPool:
         shape = (
             cfg.num_hidden_layers,
             2,
+            cfg.num_key_value_heads,
             num_blocks,
             block_size,
-            cfg.num_key_value_heads,
             cfg.head_dim,
         )
         # torch.empty: on a CPU the pages are touched (resident) only when blocks are first used;
@@ -71,4 +72,4 @@ class KVPool:
         return self.nbytes // self.num_blocks
 
     def zero_block(self, block_id: int) -> None:
-        self.kv[:, :, block_id].zero_()
+        self.kv[:, :, :, block_id].zero_()

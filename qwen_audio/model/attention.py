@@ -10,6 +10,7 @@ nothing about the cache is hidden in hooks.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -42,10 +43,9 @@ class PrefillChunk(NamedTuple):
 
     start: int
     n: int
-    context: int  # its tokens after this step (cached + new)
     table: torch.Tensor  # (blocks,) its block ids
     mask: torch.Tensor | None  # (n, blocks * block_size) when it has cached tokens, else None
-    span: tuple[int, int] | None  # its pool slots [a, b) when its blocks are consecutive
+    span: tuple[int, int] | None  # its pool slots [a, a + context) if its blocks are in order
 
 
 class DecodeGroup(NamedTuple):
@@ -54,25 +54,34 @@ class DecodeGroup(NamedTuple):
     rows: torch.Tensor  # (Bd,) packed row of each one's token
     tables: torch.Tensor  # (Bd, blocks) block ids, short tables padded with their first block
     mask: torch.Tensor  # (Bd, 1, 1, blocks * block_size) True at the keys it may see
-    span: tuple[int, int] | None  # a lone sequence's pool slots [a, b) if its blocks are in order
+    contexts: list[int]  # tokens of each one, its new one included
+    spans: list[tuple[int, int] | None]  # pool slots of each one whose blocks are in order
+
+
+KernelFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class SDPABackend:
     """Paged attention with torch's scaled_dot_product_attention, on CPU and CUDA.
 
-    The blocks of a sequence are gathered (block-sized contiguous copies) and attended with a
-    mask: every sequence with one new token in a single call, each prefill chunk in its own call
-    (padding a 512-token chunk's queries to a decode's would multiply the work). A fused paged
-    kernel (FlashAttention / FlashInfer on CUDA) would replace `attend` and read the blocks in
-    place; `write` is what any backend shares.
+    Pool layout per layer (2, kv_heads, num_blocks, block_size, head_dim): for one KV head a
+    block is block_size contiguous rows, so a sequence whose blocks follow each other in the pool
+    (usual: blocks are handed out lowest id first) is a plain (Hkv, T, D) view, and the others
+    are gathered block by block into that layout. Every sequence with one new token is attended
+    in a single call over its padded, masked keys; each prefill chunk in its own call (padding a
+    512-token chunk's queries to a decode's would multiply the work). With 16-bit keys on a CPU
+    the compiled decode kernel (`decode_kernel`, one sequence a call) replaces the decode call:
+    PyTorch's fused attention is slow with one 16-bit query. A fused paged kernel
+    (FlashAttention / FlashInfer on CUDA) would replace `attend` and read the blocks in place;
+    `write` is what any backend shares.
     """
 
     @staticmethod
     def write(kv_layer: torch.Tensor, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-        """Store k, v (T, Hkv, D) at the pool slots (T,) of kv_layer (2, N, block, Hkv, D)."""
-        Hkv, D = kv_layer.shape[-2:]
-        kv_layer[0].view(-1, Hkv, D).index_copy_(0, slots, k)
-        kv_layer[1].view(-1, Hkv, D).index_copy_(0, slots, v)
+        """Store k, v (Hkv, T, D) at the pool slots (T,) of kv_layer (2, Hkv, N, block, D)."""
+        Hkv, N, bs, D = kv_layer.shape[1:]
+        kv_layer[0].view(Hkv, N * bs, D).index_copy_(1, slots, k)
+        kv_layer[1].view(Hkv, N * bs, D).index_copy_(1, slots, v)
 
     @staticmethod
     def attend(
@@ -81,18 +90,19 @@ class SDPABackend:
         q: torch.Tensor,
         k: torch.Tensor,
         v: torch.Tensor,
+        decode_kernel: KernelFn | None = None,
     ) -> torch.Tensor:
         """q (H, T, D) with the new k, v (Hkv, T, D) already written -> (H, T, D)."""
         H, T, D = q.shape
-        Hkv = kv_layer.shape[-2]
+        Hkv = kv_layer.shape[1]
         out = torch.empty_like(q) if paged.prefills else q  # q: never written when all decode
         for c in paged.prefills:
             qi = q[:, c.start : c.start + c.n][None]  # (1, H, n, D)
             mask = c.mask
             if mask is None:  # no cached tokens: its keys are exactly the new ones
                 ki, vi = k[:, c.start : c.start + c.n][None], v[:, c.start : c.start + c.n][None]
-            elif c.span is not None:  # consecutive blocks: a view, and only the written slots
-                ki, vi = _slots(kv_layer, *c.span)
+            elif c.span is not None:  # blocks in order: a view, and only the written slots
+                ki, vi = (x[None] for x in _slots(kv_layer, *c.span))
                 mask = mask[:, : c.span[1] - c.span[0]]
             else:
                 ki, vi = _gather(kv_layer, c.table[None])  # (1, Hkv, L, D)
@@ -100,41 +110,58 @@ class SDPABackend:
                 qi, ki, vi, attn_mask=mask, is_causal=mask is None, enable_gqa=H != Hkv
             )[0]
         d = paged.decode
-        if d is not None:
-            Bd = d.rows.shape[0]
+        if d is None:
+            return out
+        Bd = d.rows.shape[0]
+        if decode_kernel is not None and kv_layer.dtype != torch.float32 and q.device.type == "cpu":
+            od = torch.stack(
+                [
+                    decode_kernel(q[:, row].float().contiguous(), *_keys_of(kv_layer, d, i))
+                    for i, row in enumerate(d.rows.tolist())
+                ],
+                dim=1,
+            ).to(q.dtype)  # (H, Bd, D)
+        else:
             # The query heads that share a KV head become rows of one query block, so no keys
             # or values are copied per head: (Bd, Hkv, H/Hkv, D).
             qd = q if Bd == T else q.index_select(1, d.rows)
             qd = qd.transpose(0, 1).reshape(Bd, Hkv, H // Hkv, D)
-            if d.span is not None:  # one sequence in consecutive blocks: as a plain cache
-                kd, vd = _slots(kv_layer, *d.span)
+            if Bd == 1 and d.spans[0] is not None:  # as a plain cache: no copy, no mask
+                kd, vd = (x[None] for x in _slots(kv_layer, *d.spans[0]))
                 od = F.scaled_dot_product_attention(qd, kd, vd)
             else:
                 kd, vd = _gather(kv_layer, d.tables)  # (Bd, Hkv, L, D)
                 od = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=d.mask)
             od = od.reshape(Bd, H, D).transpose(0, 1)  # (H, Bd, D)
-            if Bd == T:  # decodes only: their rows are the whole batch, in order
-                return od
-            out.index_copy_(1, d.rows, od)
+        if Bd == T:  # decodes only: their rows are the whole batch, in order
+            return od
+        out.index_copy_(1, d.rows, od)
         return out
 
 
 def _gather(kv_layer: torch.Tensor, tables: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Keys and values of the blocks in `tables` (B, blocks) -> two (B, Hkv, blocks * bs, D)."""
     B, nb = tables.shape
-    _, _, bs, Hkv, D = kv_layer.shape
+    _, Hkv, _, bs, D = kv_layer.shape
     flat = tables.flatten()
-    keys = kv_layer[0].index_select(0, flat).view(B, nb * bs, Hkv, D).transpose(1, 2)
-    values = kv_layer[1].index_select(0, flat).view(B, nb * bs, Hkv, D).transpose(1, 2)
+    keys = kv_layer[0].index_select(1, flat).view(Hkv, B, nb * bs, D).transpose(0, 1)
+    values = kv_layer[1].index_select(1, flat).view(Hkv, B, nb * bs, D).transpose(0, 1)
     return keys, values
 
 
 def _slots(kv_layer: torch.Tensor, a: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keys and values of the consecutive pool slots [a, b) -> two (1, Hkv, b - a, D) views."""
-    Hkv, D = kv_layer.shape[-2:]
-    keys = kv_layer[0].view(-1, Hkv, D)[a:b].transpose(0, 1)[None]
-    values = kv_layer[1].view(-1, Hkv, D)[a:b].transpose(0, 1)[None]
-    return keys, values
+    """Keys and values of the consecutive pool slots [a, b) -> two (Hkv, b - a, D) views."""
+    _, Hkv, N, bs, D = kv_layer.shape
+    return kv_layer[0].view(Hkv, N * bs, D)[:, a:b], kv_layer[1].view(Hkv, N * bs, D)[:, a:b]
+
+
+def _keys_of(kv_layer: torch.Tensor, d: DecodeGroup, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values (Hkv, context, D) of decode sequence i: a view, or gathered."""
+    if d.spans[i] is not None:
+        return _slots(kv_layer, *d.spans[i])
+    ctx = d.contexts[i]
+    keys, values = _gather(kv_layer, d.tables[i : i + 1])
+    return keys[0, :, :ctx], values[0, :, :ctx]
 
 
 def _span(table: list[int], context: int, block_size: int) -> tuple[int, int] | None:
@@ -149,7 +176,7 @@ def _span(table: list[int], context: int, block_size: int) -> tuple[int, int] | 
 class PagedBatch:
     """The KV pool of an inference step and where each sequence's tokens live in it.
 
-    `kv` is (layers, 2, num_blocks, block_size, kv_heads, head_dim), owned by the engine; token p
+    `kv` is (layers, 2, kv_heads, num_blocks, block_size, head_dim), owned by the engine; token p
     of a sequence lives in block `block_tables[i][p // block_size]` at offset p % block_size.
     """
 
@@ -163,7 +190,7 @@ class PagedBatch:
 
     @property
     def block_size(self) -> int:
-        return self.kv.shape[3]
+        return self.kv.shape[4]
 
     def prepare(self, seq_lens: list[int]) -> None:
         """Index tensors for the whole step, built once (every layer uses them)."""
@@ -176,38 +203,45 @@ class PagedBatch:
             if len(table) * bs < ctx:
                 raise ValueError(f"a block table of {len(table)} blocks cannot hold {ctx} tokens")
             slots += [table[p // bs] * bs + p % bs for p in range(ctx - n, ctx)]
+            used = table[: -(-ctx // bs)]
             if n == 1:
-                decodes.append((row, table, ctx))
+                decodes.append((row, used, ctx))
             else:
-                used = table[: -(-ctx // bs)]
                 mask = None
                 if ctx > n:  # cached tokens first: new token i sits at position ctx - n + i
                     rows = torch.arange(ctx - n, ctx, device=device)[:, None]
                     mask = torch.arange(len(used) * bs, device=device)[None, :] <= rows
                 t = torch.tensor(used, device=device)
-                span = _span(used, ctx, bs)
-                self.prefills.append(PrefillChunk(row, n, ctx, t, mask, span))
+                self.prefills.append(PrefillChunk(row, n, t, mask, _span(used, ctx, bs)))
             row += n
         self.slots = torch.tensor(slots, dtype=torch.long, device=device)
         self.decode = None
         if decodes:
-            nb = max(-(-ctx // bs) for _, _, ctx in decodes)
-            tables = [t[: -(-ctx // bs)] for _, t, ctx in decodes]
-            padded = [t + [t[0]] * (nb - len(t)) for t in tables]
-            ctx = torch.tensor([c for _, _, c in decodes], device=device)
+            nb = max(len(t) for _, t, _ in decodes)
+            padded = [t + [t[0]] * (nb - len(t)) for _, t, _ in decodes]
+            contexts = [c for _, _, c in decodes]
+            ctx = torch.tensor(contexts, device=device)
             mask = torch.arange(nb * bs, device=device)[None, :] < ctx[:, None]
             self.decode = DecodeGroup(
                 torch.tensor([r for r, _, _ in decodes], device=device),
                 torch.tensor(padded, device=device),
                 mask[:, None, None, :],
-                _span(tables[0], decodes[0][2], bs) if len(decodes) == 1 else None,
+                contexts,
+                [_span(t, c, bs) for _, t, c in decodes],
             )
 
-    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def attend(
+        self,
+        layer: int,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        decode_kernel: KernelFn | None = None,
+    ) -> torch.Tensor:
         """Write this step's k, v (Hkv, T, D) for `layer`, attend q (H, T, D) -> (H, T, D)."""
         kv_layer = self.kv[layer]
-        self.backend.write(kv_layer, self.slots, k.transpose(0, 1), v.transpose(0, 1))
-        return self.backend.attend(kv_layer, self, q, k, v)
+        self.backend.write(kv_layer, self.slots, k, v)
+        return self.backend.attend(kv_layer, self, q, k, v, decode_kernel)
 
 
 @dataclass
