@@ -9,7 +9,8 @@ and the ratios can be taken between two runs on the same machine:
   by an abort, as a stop string ends them) under a KV budget that worst-case reservation fills
   with 8 of them: most requests running at once, failed requests, KV bytes held at most;
 - latency: 16 streams decode, then four 30 s clips arrive at once; the inter-token gaps of the
-  16 streams from then until the clips' first tokens, median and p99;
+  16 streams from 16 steps before the arrival to 16 steps after the clips' first tokens, median
+  and p99 (`--chunk` sets max_prefill_tokens: smaller chunks, smaller gaps, later clips);
 - shared prefix: a system prompt and the same 30 s clip asked 8 questions, sent together: prompt
   tokens computed / prompt tokens.
 """
@@ -102,55 +103,54 @@ def concurrency(model: str, dtype: str, requests: int, answer_tokens: int) -> di
     }
 
 
-def latency(model: str, dtype: str, streams: int, clips: int) -> dict:
-    llm = LLM(model, dtype=dtype)
+def latency(model: str, dtype: str, streams: int, clips: int, chunk: int | None) -> dict:
+    config = EngineConfig(max_prefill_tokens=chunk) if chunk else None
+    llm = LLM(model, dtype=dtype, engine_config=config)
     engine = llm.engine
     for i in range(streams):
         engine.add_request(request(llm, f"s{i}", conv(2.0, 100 + i, QUESTIONS[i % 8]), 4096))
     last: dict[str, float] = {}
-    gaps: list[float] = []
-    steps = []
-    measuring = False
+    gaps: list[tuple[int, float]] = []  # (step, gap)
     clip_ids = {f"clip{i}" for i in range(clips)}
     first_token: dict[str, float] = {}
-    warm_steps = 0
-    while True:
-        t0 = time.perf_counter()
+    step = 0
+    arrival_step = end_step = None
+    while end_step is None or step < end_step:
         outs = engine.step()
         now = time.perf_counter()
-        steps.append(now - t0)
+        step += 1
         for out in outs:
             rid = out.request_id
             if rid in clip_ids:
                 first_token.setdefault(rid, now)
-                continue
-            if measuring and rid in last:
-                gaps.append(now - last[rid])
-            last[rid] = now
-        if not measuring and len(last) == streams:
-            warm_steps += 1
-            if warm_steps == 8:  # every stream is decoding: the clips arrive at once
-                baseline = list(steps[-6:])
-                arrival = time.perf_counter()
-                for i in range(clips):
-                    engine.add_request(
-                        request(llm, f"clip{i}", conv(30.0, 200 + i, "Describe."), 8)
-                    )
-                measuring = True
-        if measuring and len(first_token) == clips:
-            break
+            elif rid in last:
+                gaps.append((step, now - last[rid]))
+            if rid not in clip_ids:
+                last[rid] = now
+        if arrival_step is None and len(last) == streams and len(gaps) >= 16 * streams:
+            # every stream has decoded 16 tokens: the clips arrive at once
+            arrival_step, arrival = step, time.perf_counter()
+            for i in range(clips):
+                engine.add_request(request(llm, f"clip{i}", conv(30.0, 200 + i, "Describe."), 8))
+        if end_step is None and len(first_token) == clips:
+            end_step = step + 16  # and 16 steps after the clips' first tokens
     for rid in list(last) + list(clip_ids):
         engine.abort(rid)
     engine.step()
-    gaps.sort()
+    window = sorted(g for s, g in gaps if s > arrival_step - 16)  # 16 steps before arrival on
+    before = [g for s, g in gaps if s <= arrival_step]
+    median = statistics.median(window)
+    p99 = float(np.percentile(window, 99))
     return {
         "streams": streams,
         "clips": clips,
-        "gap_median_s": statistics.median(gaps),
-        "gap_p99_s": float(np.percentile(gaps, 99)),
-        "gap_max_s": gaps[-1],
-        "p99_over_median": float(np.percentile(gaps, 99)) / statistics.median(gaps),
-        "decode_step_before_s": statistics.median(baseline),
+        "max_prefill_tokens": engine.config.max_prefill_tokens,
+        "gaps": len(window),
+        "gap_median_s": median,
+        "gap_p99_s": p99,
+        "gap_max_s": window[-1],
+        "p99_over_median": p99 / median,
+        "gap_median_before_arrival_s": statistics.median(before),
         "clips_ttft_s": max(first_token.values()) - arrival,
     }
 
@@ -187,13 +187,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--answer-tokens", type=int, default=24)
     p.add_argument("--streams", type=int, default=16)
     p.add_argument("--clips", type=int, default=4)
+    p.add_argument("--chunk", type=int, default=None, help="EngineConfig.max_prefill_tokens")
     args = p.parse_args(argv)
     result = {}
     for name in args.workloads.split(","):
         if name == "concurrency":
             result[name] = concurrency(args.model, args.dtype, args.requests, args.answer_tokens)
         elif name == "latency":
-            result[name] = latency(args.model, args.dtype, args.streams, args.clips)
+            result[name] = latency(args.model, args.dtype, args.streams, args.clips, args.chunk)
         elif name == "shared_prefix":
             result[name] = shared_prefix(args.model, args.dtype)
         print(json.dumps({name: result[name]}), file=sys.stderr, flush=True)
