@@ -29,9 +29,9 @@ from qwen_audio.asr.streaming import (
     Utterance,
 )
 from qwen_audio.audio_io import load_audio
+from qwen_audio.bench.live_speech import RATE, SENTENCES, conversation, espeak_pcm16, wav24
 from qwen_audio.server.app import create_app
 from qwen_audio.server.settings import ServerSettings
-from tests.fixtures.realtime_audio import RATE, SENTENCES, conversation, espeak_pcm16, wav24
 from tests.fixtures.server_fake_engine import FakeEngine, live_server
 
 needs_espeak = pytest.mark.skipif(

@@ -41,6 +41,7 @@ from .realtime_protocol import (
     RealtimeError,
     SessionConfig,
     container_format,
+    error_event,
     event_id,
     item_object,
     parse_update,
@@ -65,16 +66,17 @@ class Realtime:
         # Browsers cannot send headers: the page offers "realtime" and its key as a subprotocol,
         # as OpenAI's own JavaScript client does; the one chosen must be among those offered.
         await ws.accept(subprotocol="realtime" if "realtime" in offered else None)
+        if self.open >= self.settings.realtime_max_sessions:
+            self.handlers.metrics.error(ENDPOINT, "session_limit_reached")
+            message = (
+                f"the server holds {self.open} realtime sessions, its limit "
+                "(--realtime-max-sessions); retry later"
+            )
+            await ws.send_text(json.dumps(error_event(message, "session_limit_reached")))
+            await ws.close(code=1013)  # try again later
+            return
         beta = "realtime=v1" in ws.headers.get("openai-beta", "")
         session = Session(ws, self, "beta" if beta else "ga")
-        if self.open >= self.settings.realtime_max_sessions:
-            self.handlers.metrics.error(ENDPOINT, "session_limit")
-            await session.refuse(
-                f"the server holds {self.open} realtime sessions, its limit "
-                "(--realtime-max-sessions); retry later",
-                "session_limit_reached",
-            )
-            return
         self.open += 1
         try:
             await session.run()
@@ -118,28 +120,7 @@ class Session:
 
     async def error(self, message: str, code: str, param: str | None = None, client_event=None):
         self.handlers.metrics.error(ENDPOINT, code)
-        error = {"type": "invalid_request_error", "code": code, "message": message}
-        error |= {"param": param, "event_id": client_event}
-        await self.send({"type": "error", "error": error})
-
-    async def refuse(self, message: str, code: str) -> None:
-        """An error event, then the connection closes (1013: try again later)."""
-        await self.ws.send_text(
-            json.dumps(
-                {
-                    "type": "error",
-                    "event_id": event_id(),
-                    "error": {
-                        "type": "invalid_request_error",
-                        "code": code,
-                        "message": message,
-                        "param": None,
-                        "event_id": None,
-                    },
-                }
-            )  # fmt: skip
-        )
-        await self.ws.close(code=1013)
+        await self.outbox.put(json.dumps(error_event(message, code, param, client_event)))
 
     async def writer(self) -> None:
         while (text := await self.outbox.get()) is not None:
@@ -235,8 +216,9 @@ class Session:
                     if kind in CONVERSATION_EVENTS:
                         raise RealtimeError(
                             f"{kind} has no meaning in a transcription session",
-                            "unsupported_event", "type",
-                        )  # fmt: skip
+                            "unsupported_event",
+                            "type",
+                        )
                     raise RealtimeError(
                         f"unknown event type {kind[:64]!r}", "invalid_event", "type"
                     )
@@ -300,7 +282,7 @@ class Session:
                         "type": "input_audio_buffer.speech_started",
                         "audio_start_ms": e.start_ms,
                         "item_id": self.item,
-                    }  # fmt: skip
+                    }
                 )
             elif isinstance(e, SpeechStopped):
                 self.item = self.item or random_id("item")
@@ -309,7 +291,7 @@ class Session:
                         "type": "input_audio_buffer.speech_stopped",
                         "audio_end_ms": e.end_ms,
                         "item_id": self.item,
-                    }  # fmt: skip
+                    }
                 )
             elif isinstance(e, Utterance):
                 item, self.item = self.item or random_id("item"), None
@@ -349,7 +331,7 @@ class Session:
                     "message": message,
                     "param": None,
                 },
-            }  # fmt: skip
+            }
         )
 
     async def transcribe(self, item: str, utterance: Utterance, t0: float) -> None:
@@ -383,14 +365,20 @@ class Session:
             text = "".join(parts)
             usage = usage_object(last)
             self.handlers.metrics.usage(
-                usage["input_tokens"], usage["input_token_details"]["audio_tokens"],
+                usage["input_tokens"],
+                usage["input_token_details"]["audio_tokens"],
                 usage["output_tokens"],
-            )  # fmt: skip
+            )
             self.handlers.metrics.finished(ENDPOINT, time.monotonic() - t0)
             await self.send(
-                {"type": "conversation.item.input_audio_transcription.completed",
-                 "item_id": item, "content_index": 0, "transcript": text, "usage": usage}
-            )  # fmt: skip
+                {
+                    "type": "conversation.item.input_audio_transcription.completed",
+                    "item_id": item,
+                    "content_index": 0,
+                    "transcript": text,
+                    "usage": usage,
+                }
+            )
             if self.dialect == "ga":
                 await self.send({"type": "conversation.item.done", "item": item_object(item, text)})
         finally:
@@ -404,5 +392,5 @@ class Session:
                 "item_id": item,
                 "content_index": 0,
                 "delta": piece,
-            }  # fmt: skip
+            }
         )

@@ -48,6 +48,14 @@ def event_id() -> str:
     return "event_" + uuid.uuid4().hex[:20]
 
 
+def error_event(
+    message: str, code: str, param: str | None = None, client_event: str | None = None
+) -> dict:
+    """An `error` event; `event_id` inside `error` is the client event that caused it."""
+    error = {"type": "invalid_request_error", "code": code, "message": message, "param": param}
+    return {"type": "error", "event_id": event_id(), "error": error | {"event_id": client_event}}
+
+
 @dataclass(frozen=True)
 class SessionConfig:
     """What a client can set; `turn` None: the client commits."""
