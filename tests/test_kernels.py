@@ -169,6 +169,17 @@ def test_decode_attention_kernel_rejects_bad_shapes():
         module.decode_attention(q, k.transpose(1, 2).contiguous().transpose(1, 2), k, 1.0, 1)
 
 
+@needs_kernels
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_packed_linear_takes_zero_rows(fmt):
+    """A chunked prefill step that needs no logits asks the head for zero rows."""
+    p = packed(fmt, 40, 64, seed=3)
+    assert p.use_kernels(module, K.selected_isa())
+    for dtype in (torch.float32, torch.bfloat16):
+        with torch.inference_mode():
+            assert p(torch.empty(0, 64, dtype=dtype)).shape == (0, 40)
+
+
 def test_tiles_cover_every_output_row(monkeypatch):
     monkeypatch.setattr("qwen_audio.model.packed.TILE_FLOATS", 64 * 40)  # 40-row tiles of 64
     p = packed("int4", 130, 64, seed=9)

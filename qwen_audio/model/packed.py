@@ -81,7 +81,7 @@ class PackedLinear(nn.Module):
         dtype = x.dtype
         flat = x.reshape(-1, self.in_features)
         rows = flat.shape[0]
-        if self.kernels is not None and rows <= K.MAX_ROWS and not torch.is_grad_enabled():
+        if self.kernels is not None and 0 < rows <= K.MAX_ROWS and not torch.is_grad_enabled():
             y = self._decode(flat)
         elif self.format == "bf16" and flat.dtype == torch.bfloat16:
             # the native bf16 GEMM reads the bf16 weight directly, its bias fused as nn.Linear's
