@@ -76,6 +76,17 @@ class AsyncLLM(EngineFrontend):
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._prepare_pool, functools.partial(fn, *args))
 
+    # ---- preparing (several requests may prepare before any enters the engine) --------------
+    async def prepare_chat(self, messages: list[dict]) -> RenderedPrompt:
+        """A conversation decoded, featurized and tokenized on the preparation pool, for
+        `stream_prompt`. A caller with many requests (a file's segments) prepares them all
+        first, so they enter the engine together and its first step batches them all."""
+        return await self.run_prepare(self.renderer.render_chat, messages)
+
+    async def prepare_raw(self, prompt: str, audios: list | None = None) -> RenderedPrompt:
+        """`prepare_chat` for a raw (base-model) prompt with its audios."""
+        return await self.run_prepare(self.renderer.render_raw, prompt, list(audios or []))
+
     # ---- streaming ----------------------------------------------------------------------
     async def stream_chat(
         self,
@@ -84,7 +95,7 @@ class AsyncLLM(EngineFrontend):
         *,
         request_id: str | None = None,
     ) -> AsyncIterator[Delta]:
-        prompt = await self.run_prepare(self.renderer.render_chat, messages)
+        prompt = await self.prepare_chat(messages)
         async for delta in self.stream_prompt(prompt, params, request_id=request_id):
             yield delta
 
@@ -96,7 +107,7 @@ class AsyncLLM(EngineFrontend):
         *,
         request_id: str | None = None,
     ) -> AsyncIterator[Delta]:
-        rendered = await self.run_prepare(self.renderer.render_raw, prompt, list(audios or []))
+        rendered = await self.prepare_raw(prompt, audios)
         async for delta in self.stream_prompt(rendered, params, request_id=request_id):
             yield delta
 

@@ -285,6 +285,8 @@ def test_cli_and_server_give_the_same_text_on_the_demo_model(
     args = ["transcribe", path, "--format", "verbose_json", "--dtype", "float32", *flags]
     assert main(args) == 0
     cli = json.loads(capsys.readouterr().out)
+    assert main([*args[:3], "srt", *args[4:]]) == 0
+    cli_srt = capsys.readouterr().out
     if not options:
         assert "will start at nine in the morning on Monday" in cli["text"]  # chat prompts
         assert len(cli["segments"]) == len(truth)
@@ -301,12 +303,20 @@ def test_cli_and_server_give_the_same_text_on_the_demo_model(
                 language=options.get("language", openai.NOT_GIVEN),
                 extra_body={k: v for k, v in options.items() if k == "segmentation"},
             )
+            srt = client.audio.transcriptions.create(
+                model="m",
+                file=("a.wav", Path(path).read_bytes()),
+                response_format="srt",
+                language=options.get("language", openai.NOT_GIVEN),
+                extra_body={k: v for k, v in options.items() if k == "segmentation"},
+            )
     finally:
         engine.shutdown()
     assert v.text == cli["text"] and v.text
     assert [(s.start, s.end, s.text) for s in v.segments] == [
         (s["start"], s["end"], s["text"]) for s in cli["segments"]
     ]
+    assert srt.strip() == cli_srt.strip() and srt.count(" --> ") >= len(v.segments)
 
 
 # ---- the command line: every segment of every file in one batch, a progress bar in audio seconds

@@ -2,7 +2,7 @@
 
 A file is cut into segments (at pauses by default; `segmentation=fixed` or `--asr-segmentation
 fixed` keeps 30 s windows), every segment is one engine request, and all requests of a file are
-submitted at once so continuous batching runs them together; streamed text still arrives in
+prepared first and then submitted at once, so continuous batching runs them together; streamed text still arrives in
 order (a later segment's text waits until the ones before it are done). Prompts, the chat/base
 rule (`--asr-style auto`: read from the checkpoint), tag clean-up and SRT/VTT are
 `qwen_audio.asr`'s, the same as `qwen-audio transcribe`, so both give the same text.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ import numpy as np
 
 from qwen_audio import asr
 
-from .engine_calls import Generation, Slot
+from .engine_calls import Generation, Slot, engine_error
 from .media import SAMPLE_RATE
 from .protocol import (
     TRANSCRIPTION_FORMATS,
@@ -135,7 +136,9 @@ class Job:
         )
         self.segmentation = self.form.segmentation or self.settings.asr_segmentation
 
-    def engine_call(self, audio: np.ndarray, request_id: str) -> AsyncIterator:
+    async def prepare(self, audio: np.ndarray) -> Any:
+        """One segment's engine request, prepared (decoded, featurized, tokenized on the
+        engine's preparation pool) but not started."""
         task = "translate" if self.translate else "transcribe"
         lang = self.form.language
         if self.style == "chat":
@@ -144,11 +147,8 @@ class Job:
                 {"type": "audio", "audio": (audio, SAMPLE_RATE)},
                 {"type": "text", "text": text},
             ]
-            messages = [{"role": "user", "content": content}]
-            return self.engine.stream_chat(messages, self.params(), request_id=request_id)
-        prompt = asr.base_prompt(task, lang)
-        audios = [(audio, SAMPLE_RATE)]
-        return self.engine.stream_generate(prompt, audios, self.params(), request_id=request_id)
+            return await self.engine.prepare_chat([{"role": "user", "content": content}])
+        return await self.engine.prepare_raw(asr.base_prompt(task, lang), [(audio, SAMPLE_RATE)])
 
     async def spans(self) -> list[asr.Span]:
         return await asyncio.to_thread(
@@ -163,10 +163,22 @@ class Job:
         segments are submitted to the engine at once; their outputs wait in queues."""
         r = self.result
         spans = await self.spans()
+        # Every segment is prepared before any is submitted, so they enter the engine together
+        # and its first step batches them all; submitted as each is prepared, they would trickle
+        # in while the engine already steps the first few.
+        try:
+            with anyio.fail_after(max(slot.deadline - time.monotonic(), 0.0)):
+                prompts = await asyncio.gather(
+                    *(self.prepare(self.samples[span.start : span.end]) for span in spans)
+                )
+        except TimeoutError:
+            raise APIError(504, "request timed out", type="timeout", code="timeout") from None
+        except ValueError as e:
+            raise engine_error(e) from None
         gens: list[Generation] = []
-        for span in spans:
+        for prompt in prompts:
             rid = random_id("trsc")
-            stream = self.engine_call(self.samples[span.start : span.end], rid)
+            stream = self.engine.stream_prompt(prompt, self.params(), request_id=rid)
             gens.append(Generation(self.engine, stream, rid, slot.deadline))
         queues: list[asyncio.Queue] = [asyncio.Queue() for _ in spans]
 
