@@ -150,6 +150,12 @@ class Job:
             return await self.engine.prepare_chat([{"role": "user", "content": content}])
         return await self.engine.prepare_raw(asr.base_prompt(task, lang), [(audio, SAMPLE_RATE)])
 
+    async def engine_call(self, audio: np.ndarray, request_id: str) -> AsyncIterator:
+        """One segment prepared and started at once: the realtime path, an utterance at a time."""
+        prompt = await self.prepare(audio)
+        async for out in self.engine.stream_prompt(prompt, self.params(), request_id=request_id):
+            yield out
+
     async def spans(self) -> list[asr.Span]:
         return await asyncio.to_thread(
             asr.split_audio,
