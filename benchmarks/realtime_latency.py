@@ -27,11 +27,11 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 from openai import AsyncOpenAI
 
 from qwen_audio.bench.live_speech import MORE_SENTENCES, RATE, SENTENCES, conversation
+from qwen_audio.bench.server_process import wait_until_healthy
 
 DEMO = Path(__file__).resolve().parents[1] / "qwen_audio" / "assets" / "demo-model"
 PIECE = RATE // 10  # 100 ms
@@ -117,14 +117,7 @@ def main() -> int:
     server = subprocess.Popen(cmd)
     results = []
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        else:
+        if not wait_until_healthy(url):
             raise SystemExit("the server did not start")
         asyncio.run(run(url, 1, *conversation(SENTENCES[:1]), 500))  # warm-up
         for silence in args.silence_ms:

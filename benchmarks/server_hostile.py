@@ -30,6 +30,7 @@ import httpx
 
 from qwen_audio.bench import hostile_audio as hostile
 from qwen_audio.bench.hostile_audio import tone_wav
+from qwen_audio.bench.server_process import wait_until_healthy
 
 KEY = "bench-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -117,14 +118,7 @@ def main() -> int:
     cmd += ["--allowed-local-media-path", str(media), "--log-level", "warning"]
     server = subprocess.Popen(cmd)
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        else:
+        if not wait_until_healthy(url):
             raise SystemExit("the server did not start")
         return measure(url, server.pid, media, args.out)
     finally:
