@@ -79,8 +79,10 @@ def test_paged_attention_equals_attending_each_whole_sequence(tables):
         torch.testing.assert_close(out, whole[-1:], rtol=1e-5, atol=1e-5)
 
 
-def test_decode_kernel_through_the_pool_equals_sdpa():
-    """16-bit keys on a CPU go to the compiled decode kernel, a view or a gather per sequence."""
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_decode_kernel_through_the_pool_equals_sdpa(dtype):
+    """On a CPU the compiled kernel attends every decode in one call, reading the blocks in
+    place, whether they are in order, shuffled or a single one."""
     from qwen_audio import kernels as K
 
     module = K.load_kernels()
@@ -93,20 +95,21 @@ def test_decode_kernel_through_the_pool_equals_sdpa():
         vocab_size=8, hidden_size=H * D, num_hidden_layers=1, num_attention_heads=H,
         num_key_value_heads=Hkv, head_dim=D,
     )  # fmt: skip
-    pool = KVPool(cfg, num_blocks=12, block_size=bs, dtype=torch.bfloat16)
+    pool = KVPool(cfg, num_blocks=12, block_size=bs, dtype=dtype)
     pool.kv.normal_()
     tables, contexts = [[3, 4, 5], [9, 1], [7]], [11, 6, 2]  # in order, shuffled, one block
-    q = torch.randn(H, 3, D, dtype=torch.bfloat16)
-    k, v = torch.randn(2, Hkv, 3, D, dtype=torch.bfloat16)
+    q = torch.randn(H, 3, D, dtype=dtype)
+    k, v = torch.randn(2, Hkv, 3, D, dtype=dtype)
     paged = PagedBatch(pool.kv, contexts, tables)
     paged.prepare([1, 1, 1])
 
-    def kernel(q2, keys, values):
-        return module.decode_attention(q2, keys, values, D**-0.5, isa)
+    def kernel(q2, kv_layer, block_tables, lengths):
+        return module.paged_decode_attention(q2, kv_layer, block_tables, lengths, D**-0.5, isa)
 
     with_kernel = paged.attend(0, q, k, v, kernel)
     with_sdpa = paged.attend(0, q, k, v, None)
-    torch.testing.assert_close(with_kernel, with_sdpa, rtol=2e-2, atol=2e-2)
+    tolerance = 2e-2 if dtype == torch.bfloat16 else 1e-5
+    torch.testing.assert_close(with_kernel, with_sdpa, rtol=tolerance, atol=tolerance)
 
 
 # ---- block manager ----------------------------------------------------------------------------

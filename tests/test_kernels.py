@@ -133,40 +133,65 @@ def test_packed_linear_paths_agree(fmt):
     torch.testing.assert_close(p(x), plain(x), rtol=0, atol=0)
 
 
+def _scattered_pool(kv_heads, contexts, block_size, head_dim, dtype):
+    """A layer of a KV pool whose sequences' blocks are scattered, and their block tables, the
+    short rows padded with their first block as the engine pads them."""
+    counts = [-(-c // block_size) for c in contexts]
+    num_blocks = sum(counts) + 3
+    pool = torch.randn(2, kv_heads, num_blocks, block_size, head_dim).to(dtype)
+    ids, tables = torch.randperm(num_blocks).tolist(), []
+    for n in counts:
+        row, ids = ids[:n], ids[n:]
+        tables.append(row + [row[0]] * (max(counts) - n))
+    return pool, torch.tensor(tables)
+
+
 @needs_kernels
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize(
-    ("heads", "kv_heads", "length", "head_dim", "dtype"),
+    ("heads", "kv_heads", "contexts", "block_size", "head_dim", "dtype"),
     [
-        (32, 32, 50, 128, torch.bfloat16),
-        (14, 2, 7, 64, torch.float32),
-        (12, 4, 300, 16, torch.float16),
-        (6, 3, 1, 48, torch.bfloat16),
+        (32, 32, [50], 16, 128, torch.bfloat16),
+        (14, 2, [7, 1, 30], 4, 64, torch.float32),
+        (12, 4, [300, 17], 32, 16, torch.float16),
+        (6, 3, [1, 9], 8, 48, torch.bfloat16),
     ],
 )
-def test_decode_attention_kernel(isa, heads, kv_heads, length, head_dim, dtype):
-    """One query per head against a cache view (a slice of a longer buffer, GQA), as float64
-    attention over the same 16-bit keys and values."""
-    torch.manual_seed(length)
-    buffer = torch.randn(2, kv_heads, length + 9, head_dim).to(dtype)
-    k, v = buffer[0, :, :length], buffer[1, :, :length]
-    q = torch.randn(heads, head_dim)
-    got = module.decode_attention(q, k, v, head_dim**-0.5, _isa(isa))
-    group = heads // kv_heads
-    kd, vd = (t.double().repeat_interleave(group, 0) for t in (k, v))
-    probs = torch.softmax((q.double()[:, None] @ kd.transpose(1, 2)) * head_dim**-0.5, dim=-1)
-    torch.testing.assert_close(got.double(), (probs @ vd)[:, 0], rtol=0, atol=1e-5)
+def test_paged_decode_attention_kernel(isa, heads, kv_heads, contexts, block_size, head_dim, dtype):
+    """One new token per sequence against its keys and values, read in place from scattered
+    blocks of the pool (GQA, padded tables), as float64 attention over the same keys."""
+    torch.manual_seed(sum(contexts))
+    pool, tables = _scattered_pool(kv_heads, contexts, block_size, head_dim, dtype)
+    q = torch.randn(len(contexts), heads, head_dim)
+    lengths = torch.tensor(contexts)
+    got = module.paged_decode_attention(q, pool, tables, lengths, head_dim**-0.5, _isa(isa))
+    for b, context in enumerate(contexts):
+        k, v = (plane[:, tables[b]].reshape(kv_heads, -1, head_dim)[:, :context] for plane in pool)
+        kd, vd = (t.double().repeat_interleave(heads // kv_heads, 0) for t in (k, v))
+        scores = (q[b].double()[:, None] @ kd.transpose(1, 2)) * head_dim**-0.5
+        want = (torch.softmax(scores, dim=-1) @ vd)[:, 0]
+        torch.testing.assert_close(got[b].double(), want, rtol=0, atol=1e-5)
+        alone = module.paged_decode_attention(
+            q[b : b + 1], pool, tables[b : b + 1], lengths[b : b + 1], head_dim**-0.5, _isa(isa)
+        )
+        torch.testing.assert_close(alone[0], got[b], rtol=0, atol=0)  # batched == single
 
 
 @needs_kernels
-def test_decode_attention_kernel_rejects_bad_shapes():
-    q, k = torch.randn(4, 32), torch.randn(2, 5, 32)
+def test_paged_decode_attention_kernel_rejects_bad_input():
+    pool, tables = _scattered_pool(2, [5, 3], 4, 32, torch.float32)
+    q, lengths, isa = torch.randn(2, 4, 32), torch.tensor([5, 3]), _isa(ISAS[0])
     with pytest.raises(RuntimeError, match="multiple of the kv heads"):
-        module.decode_attention(torch.randn(3, 32), k, k, 1.0, _isa(ISAS[0]))
+        module.paged_decode_attention(torch.randn(2, 3, 32), pool, tables, lengths, 1.0, isa)
     with pytest.raises(RuntimeError, match="multiple of 16"):
-        module.decode_attention(torch.randn(4, 24), torch.randn(2, 5, 24), k[..., :24], 1.0, 1)
+        narrow = pool[..., :24].contiguous()
+        module.paged_decode_attention(q[..., :24].contiguous(), narrow, tables, lengths, 1.0, isa)
+    with pytest.raises(RuntimeError, match="more blocks than its table"):
+        module.paged_decode_attention(q, pool, tables, torch.tensor([5, 9]), 1.0, isa)
+    with pytest.raises(RuntimeError, match="outside the pool"):
+        module.paged_decode_attention(q, pool, tables + 100, lengths, 1.0, isa)
     with pytest.raises(RuntimeError, match="contiguous"):
-        module.decode_attention(q, k.transpose(1, 2).contiguous().transpose(1, 2), k, 1.0, 1)
+        module.paged_decode_attention(q, pool.transpose(3, 4), tables, lengths, 1.0, isa)
 
 
 @needs_kernels

@@ -7,3 +7,12 @@
 constexpr int kGroup = 32;  // weights per scale in q8/q4; K must be a multiple of it
 constexpr int kMaxInputRows = 16;
 enum Format { kBf16 = 0, kFp16 = 1, kQ8 = 2, kQ4 = 3 };
+
+// One kv head of a sequence in a layer's paged KV plane (keys or values), for decode attention.
+struct PagedHead {
+  const uint8_t* head;   // this kv head's first block
+  const int64_t* table;  // the sequence's block ids
+  int64_t block_size;
+  int64_t T;             // its cached tokens
+  int64_t D;
+};

@@ -17,6 +17,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #include "common.h"
 
@@ -27,10 +28,8 @@ enum Isa { kNone = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3, kNeon = 4 };
 using GemvFn = void (*)(int, const void*, const uint16_t*, const float*, int64_t, int64_t, float*,
                         int64_t, int64_t, int64_t);
 using DequantFn = void (*)(int, const void*, const uint16_t*, int64_t, int64_t, int64_t, float*);
-using ScoresFn = void (*)(int, const float*, const void*, int64_t, int64_t, int64_t, int64_t, float,
-                          float*, int64_t, int64_t);
-using ValuesFn = void (*)(int, const float*, const void*, int64_t, int64_t, int64_t, int64_t,
-                          float*, int64_t, int64_t);
+using AttentionFn = void (*)(int, const float*, const PagedHead&, const PagedHead&, float, float*,
+                             float*);
 
 }  // namespace
 
@@ -375,20 +374,19 @@ namespace {
 struct Kernels {
   GemvFn gemv;
   DequantFn dequantize;
-  ScoresFn attention_scores;
-  ValuesFn attention_values;
+  AttentionFn attention;
 };
 
 Kernels kernels_for(int64_t isa) {
 #if defined(QWEN_AUDIO_X86)
   if (isa == kAvx2)
-    return {avx2::gemv, avx2::dequantize, avx2::attention_scores, avx2::attention_values};
+    return {avx2::gemv, avx2::dequantize, avx2::attention};
   if (isa == kAvx512 || isa == kAvx512Bf16)
-    return {avx512::gemv, avx512::dequantize, avx512::attention_scores, avx512::attention_values};
+    return {avx512::gemv, avx512::dequantize, avx512::attention};
 #endif
 #if defined(__aarch64__)
   if (isa == kNeon)
-    return {neon::gemv, neon::dequantize, neon::attention_scores, neon::attention_values};
+    return {neon::gemv, neon::dequantize, neon::attention};
 #endif
   TORCH_CHECK(false, "instruction set ", isa, " is not compiled into this build");
 }
@@ -486,42 +484,64 @@ torch::Tensor dequantize(const torch::Tensor& w, const torch::Tensor& s, int64_t
   return out;
 }
 
-// Attention of one decode query per head: q (H, D) float32 against a sequence's cached keys and
-// values k, v (Hkv, T, D) (bf16, fp16 or float32; any stride between heads) -> (H, D) float32.
-torch::Tensor decode_attention(const torch::Tensor& q, const torch::Tensor& k,
-                               const torch::Tensor& v, double scale, int64_t isa) {
-  TORCH_CHECK(q.scalar_type() == torch::kFloat && q.dim() == 2 && q.is_contiguous(),
-              "q: contiguous float32 (H, D)");
-  TORCH_CHECK(k.dim() == 3 && v.dim() == 3 && k.sizes() == v.sizes(), "k, v: (Hkv, T, D) alike");
-  TORCH_CHECK(k.scalar_type() == v.scalar_type(), "k and v of one dtype");
-  const int64_t H = q.size(0), D = q.size(1), Hkv = k.size(0), T = k.size(1);
-  TORCH_CHECK(k.size(2) == D && D % 16 == 0, "head size: k's, a multiple of 16");
-  TORCH_CHECK(Hkv > 0 && H % Hkv == 0 && T > 0, "query heads: a multiple of the kv heads");
-  for (const auto* t : {&k, &v}) {
-    TORCH_CHECK(t->stride(2) == 1 && t->stride(1) == D && t->device().is_cpu(),
-                "k, v: rows of D contiguous values, one per position");
+// Decode attention for a batch of sequences with one new token each, reading their keys and
+// values in place from one layer of the paged KV pool: q (B, H, D) float32; kv (2, Hkv, blocks,
+// block_size, D) in bf16, fp16 or float32 (the layer's keys, then its values); tables (B, n)
+// int64 block ids (rows may be padded past what their context needs); contexts (B,) int64
+// cached tokens of each, its new one included -> (B, H, D) float32. Each (sequence, head) is
+// computed alone, so a sequence's result does not depend on the rest of the batch.
+torch::Tensor paged_decode_attention(const torch::Tensor& q, const torch::Tensor& kv,
+                                     const torch::Tensor& tables, const torch::Tensor& contexts,
+                                     double scale, int64_t isa) {
+  TORCH_CHECK(q.scalar_type() == torch::kFloat && q.dim() == 3 && q.is_contiguous(),
+              "q: contiguous float32 (B, H, D)");
+  TORCH_CHECK(kv.dim() == 5 && kv.size(0) == 2 && kv.is_contiguous() && kv.device().is_cpu(),
+              "kv: one contiguous layer of the pool, (2, kv_heads, blocks, block_size, D)");
+  const int64_t B = q.size(0), H = q.size(1), D = q.size(2);
+  const int64_t Hkv = kv.size(1), num_blocks = kv.size(2), block_size = kv.size(3);
+  TORCH_CHECK(kv.size(4) == D && D % 16 == 0, "head size: the pool's, a multiple of 16");
+  TORCH_CHECK(Hkv > 0 && H % Hkv == 0, "query heads: a multiple of the kv heads");
+  TORCH_CHECK(tables.scalar_type() == torch::kLong && tables.dim() == 2 && tables.size(0) == B &&
+                  tables.is_contiguous(),
+              "tables: contiguous int64 (B, blocks)");
+  TORCH_CHECK(contexts.scalar_type() == torch::kLong && contexts.dim() == 1 &&
+                  contexts.size(0) == B && contexts.is_contiguous(),
+              "contexts: int64 (B,)");
+  int dtype = -1, elem = 0;
+  if (kv.scalar_type() == torch::kBFloat16) dtype = 0, elem = 2;
+  if (kv.scalar_type() == torch::kHalf) dtype = 1, elem = 2;
+  if (kv.scalar_type() == torch::kFloat) dtype = 2, elem = 4;
+  TORCH_CHECK(dtype >= 0, "kv: bf16, fp16 or float32");
+  const int64_t width = tables.size(1);
+  const int64_t* tp = tables.data_ptr<int64_t>();
+  const int64_t* cp = contexts.data_ptr<int64_t>();
+  int64_t longest = 0;
+  for (int64_t b = 0; b < B; b++) {  // every block read must exist: checked once, here
+    TORCH_CHECK(cp[b] >= 1 && cp[b] <= width * block_size, "context ", cp[b], " of sequence ", b,
+                " needs more blocks than its table row holds");
+    for (int64_t j = 0; j < (cp[b] + block_size - 1) / block_size; j++) {
+      TORCH_CHECK(tp[b * width + j] >= 0 && tp[b * width + j] < num_blocks, "block id ",
+                  tp[b * width + j], " outside the pool");
+    }
+    longest = std::max(longest, cp[b]);
   }
-  TORCH_CHECK(k.stride(0) == v.stride(0), "k and v: one stride between heads");
-  int dtype = -1;
-  if (k.scalar_type() == torch::kBFloat16) dtype = 0;
-  if (k.scalar_type() == torch::kHalf) dtype = 1;
-  if (k.scalar_type() == torch::kFloat) dtype = 2;
-  TORCH_CHECK(dtype >= 0, "k, v: bf16, fp16 or float32");
   const Kernels fns = kernels_for(isa);
-  auto scores = torch::empty({H, T}, q.options());
+  const auto* base = static_cast<const uint8_t*>(kv.data_ptr());
+  const int64_t plane = Hkv * num_blocks * block_size * D * elem, head = plane / Hkv;
+  const int64_t group = H / Hkv;
+  const auto view = [&](int64_t item, const uint8_t* start) {  // item = b * H + h
+    const int64_t b = item / H, h = item % H;
+    return PagedHead{start + (h / group) * head, tp + b * width, block_size, cp[b], D};
+  };
+  auto out = torch::empty({B, H, D}, q.options());
   const float* qp = q.data_ptr<float>();
-  float* sp = scores.data_ptr<float>();
-  const int64_t group = H / Hkv, stride = k.stride(0);
-  at::parallel_for(0, H, 1, [&](int64_t h0, int64_t h1) {
-    fns.attention_scores(dtype, qp, k.data_ptr(), stride, T, D, group, static_cast<float>(scale),
-                         sp, h0, h1);
-  });
-  const auto probs = scores.softmax(-1);
-  auto out = torch::empty({H, D}, q.options());
-  const float* pp = probs.data_ptr<float>();
   float* op = out.data_ptr<float>();
-  at::parallel_for(0, H, 1, [&](int64_t h0, int64_t h1) {
-    fns.attention_values(dtype, pp, v.data_ptr(), stride, T, D, group, op, h0, h1);
+  at::parallel_for(0, B * H, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<float> scratch(longest);
+    for (int64_t i = i0; i < i1; i++) {
+      fns.attention(dtype, qp + i * D, view(i, base), view(i, base + plane),
+                    static_cast<float>(scale), scratch.data(), op + i * D);
+    }
   });
   return out;
 }
@@ -633,6 +653,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("linear", &linear, "x (M, K) float32 @ packed weight^T, M <= 16");
   m.def("dequantize", &dequantize, "float32 rows [n0, n1) of a packed weight");
   m.def("linear_bf16_native", &linear_bf16_native, "bf16 x @ bf16 w^T (AVX512-BF16)");
-  m.def("decode_attention", &decode_attention, "one query per head against cached k, v");
+  m.def("paged_decode_attention", &paged_decode_attention,
+        "one new token per sequence against its keys and values in the paged pool");
   m.def("compiled_isas", &compiled_isas, "instruction sets in this build");
 }

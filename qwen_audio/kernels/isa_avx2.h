@@ -11,6 +11,12 @@ struct V {
   static inline F fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
   static inline F mul(F a, F b) { return _mm256_mul_ps(a, b); }
   static inline F add(F a, F b) { return _mm256_add_ps(a, b); }
+  static inline F max(F a, F b) { return _mm256_max_ps(a, b); }
+  static inline F round(F v) { return _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static inline F pow2(F n) {  // 2^n for whole n in [-126, 127]: n + 127 is the exponent field
+    const __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(e, 23));
+  }
   static inline float hsum(F v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_hadd_ps(s, s);

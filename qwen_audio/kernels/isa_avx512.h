@@ -11,6 +11,12 @@ struct V {
   static inline F fma(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
   static inline F mul(F a, F b) { return _mm512_mul_ps(a, b); }
   static inline F add(F a, F b) { return _mm512_add_ps(a, b); }
+  static inline F max(F a, F b) { return _mm512_max_ps(a, b); }
+  static inline F round(F v) { return _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static inline F pow2(F n) {  // 2^n for whole n in [-126, 127]: n + 127 is the exponent field
+    const __m512i e = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(e, 23));
+  }
   static inline float hsum(F v) { return _mm512_reduce_add_ps(v); }
   static inline float half(uint16_t h) { return _cvtsh_ss(h); }
   static inline F bf16(const uint16_t* p) {

@@ -11,6 +11,12 @@ struct V {
   static inline F fma(F a, F b, F c) { return vfmaq_f32(c, a, b); }
   static inline F mul(F a, F b) { return vmulq_f32(a, b); }
   static inline F add(F a, F b) { return vaddq_f32(a, b); }
+  static inline F max(F a, F b) { return vmaxq_f32(a, b); }
+  static inline F round(F v) { return vrndnq_f32(v); }
+  static inline F pow2(F n) {  // 2^n for whole n in [-126, 127]: n + 127 is the exponent field
+    const int32x4_t e = vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127));
+    return vreinterpretq_f32_s32(vshlq_n_s32(e, 23));
+  }
   static inline float hsum(F v) { return vaddvq_f32(v); }
   static inline float half(uint16_t h) {
     __fp16 v;

@@ -150,11 +150,18 @@ void dequantize(int format, const void* w, const uint16_t* s, int64_t K, int64_t
   }
 }
 
-// Decode attention: one query per head against a sequence's cached keys and values, float32
-// accumulation whatever the cache's dtype (PyTorch's fused attention with one bf16 query is
-// slow on CPU: 2.4 ms a layer at 800 keys where reading them takes ~0.3 ms). Two passes around a
-// softmax the caller runs: scores = q . k / sqrt(d), then out = probabilities . v. The cache is
-// (kv_heads, T, D) with any head stride, D % V::W == 0; query head h reads kv head h / group.
+// Decode attention: one query per head against a sequence's cached keys and values, read in
+// place from the engine's paged KV pool, float32 accumulation whatever the pool's dtype.
+// PyTorch's fused attention with one bf16 query is slow on CPU (2.4 ms a layer at 800 keys where
+// reading them takes ~0.3 ms), and feeding it a sequence whose blocks are scattered in the pool
+// first copies all its keys and values (~10 MB a layer for a 7B after a 30 s clip). Three
+// passes per query head: scores = q . k * scale, their softmax, out = probabilities . v. The
+// softmax is done here, over exactly the sequence's tokens, so a sequence's result is the same
+// bits whatever else is in the batch.
+//
+// One plane of a layer (its keys or its values) is (kv_heads, blocks, block_size, D): token t of
+// a sequence is row t % block_size of block table[t / block_size]. `head` points at the query's
+// kv head in that plane (see PagedHead in common.h); D % V::W == 0.
 struct Bf16Vec {
   static inline V::F load(const void* p, int64_t i) { return V::bf16(static_cast<const uint16_t*>(p) + i); }
 };
@@ -165,60 +172,100 @@ struct F32Vec {
   static inline V::F load(const void* p, int64_t i) { return V::load(static_cast<const float*>(p) + i); }
 };
 
+
 template <class Load, int kElem>
-void attention_scores_heads(const float* q, const void* k, int64_t head_stride, int64_t T, int64_t D,
-                            int64_t group, float scale, float* scores, int64_t h0, int64_t h1) {
-  const auto* base = static_cast<const uint8_t*>(k);
-  for (int64_t h = h0; h < h1; h++) {
-    const float* qh = q + h * D;
-    const uint8_t* kh = base + (h / group) * head_stride * kElem;
-    for (int64_t t = 0; t < T; t++) {
-      const void* row = kh + t * D * kElem;
+void scores_of_head(const float* q, const PagedHead& kv, float scale, float* scores) {
+  const int64_t row_bytes = kv.D * kElem, block_bytes = kv.block_size * row_bytes;
+  for (int64_t t0 = 0, j = 0; t0 < kv.T; t0 += kv.block_size, j++) {
+    const uint8_t* block = kv.head + kv.table[j] * block_bytes;
+    const int64_t rows = std::min(kv.block_size, kv.T - t0);
+    for (int64_t r = 0; r < rows; r++) {
+      const void* row = block + r * row_bytes;
       V::F a = V::zero(), b = V::zero();
       int64_t d = 0;
-      for (; d + 2 * V::W <= D; d += 2 * V::W) {
-        a = V::fma(V::load(qh + d), Load::load(row, d), a);
-        b = V::fma(V::load(qh + d + V::W), Load::load(row, d + V::W), b);
+      for (; d + 2 * V::W <= kv.D; d += 2 * V::W) {
+        a = V::fma(V::load(q + d), Load::load(row, d), a);
+        b = V::fma(V::load(q + d + V::W), Load::load(row, d + V::W), b);
       }
-      if (d < D) a = V::fma(V::load(qh + d), Load::load(row, d), a);
-      scores[h * T + t] = V::hsum(V::add(a, b)) * scale;
+      if (d < kv.D) a = V::fma(V::load(q + d), Load::load(row, d), a);
+      scores[t0 + r] = V::hsum(V::add(a, b)) * scale;
     }
   }
 }
 
 template <class Load, int kElem>
-void attention_values_heads(const float* p, const void* v, int64_t head_stride, int64_t T, int64_t D,
-                            int64_t group, float* out, int64_t h0, int64_t h1) {
+void values_of_head(const float* p, const PagedHead& kv, float* out) {
   constexpr int kChunk = 4;  // output vectors accumulated at once
-  const auto* base = static_cast<const uint8_t*>(v);
-  for (int64_t h = h0; h < h1; h++) {
-    const float* ph = p + h * T;
-    const uint8_t* vh = base + (h / group) * head_stride * kElem;
-    for (int64_t d0 = 0; d0 < D; d0 += kChunk * V::W) {
-      const int n = static_cast<int>(std::min<int64_t>(kChunk, (D - d0) / V::W));
-      V::F acc[kChunk];
-      for (int j = 0; j < kChunk; j++) acc[j] = V::zero();
-      for (int64_t t = 0; t < T; t++) {
-        const V::F weight = V::set1(ph[t]);
-        const void* row = vh + t * D * kElem;
+  const int64_t row_bytes = kv.D * kElem, block_bytes = kv.block_size * row_bytes;
+  for (int64_t d0 = 0; d0 < kv.D; d0 += kChunk * V::W) {
+    const int n = static_cast<int>(std::min<int64_t>(kChunk, (kv.D - d0) / V::W));
+    V::F acc[kChunk];
+    for (int j = 0; j < kChunk; j++) acc[j] = V::zero();
+    for (int64_t t0 = 0, b = 0; t0 < kv.T; t0 += kv.block_size, b++) {
+      const uint8_t* block = kv.head + kv.table[b] * block_bytes;
+      const int64_t rows = std::min(kv.block_size, kv.T - t0);
+      for (int64_t r = 0; r < rows; r++) {
+        const V::F weight = V::set1(p[t0 + r]);
+        const void* row = block + r * row_bytes;
         for (int j = 0; j < n; j++) acc[j] = V::fma(weight, Load::load(row, d0 + j * V::W), acc[j]);
       }
-      for (int j = 0; j < n; j++) V::store(out + h * D + d0 + j * V::W, acc[j]);
     }
+    for (int j = 0; j < n; j++) V::store(out + d0 + j * V::W, acc[j]);
   }
 }
 
-// The entry points: dtype 0 bf16, 1 fp16, 2 float32 (the cache's).
-void attention_scores(int dtype, const float* q, const void* k, int64_t head_stride, int64_t T,
-                      int64_t D, int64_t group, float scale, float* scores, int64_t h0, int64_t h1) {
-  if (dtype == 0) attention_scores_heads<Bf16Vec, 2>(q, k, head_stride, T, D, group, scale, scores, h0, h1);
-  if (dtype == 1) attention_scores_heads<Fp16Vec, 2>(q, k, head_stride, T, D, group, scale, scores, h0, h1);
-  if (dtype == 2) attention_scores_heads<F32Vec, 4>(q, k, head_stride, T, D, group, scale, scores, h0, h1);
+// e^x for x <= 0 (scores minus their maximum), as Cephes' expf: x = n ln2 + r with |r| <= ln2/2,
+// e^r by its degree-6 polynomial, times 2^n. Relative error ~2e-7; below e^-87 it gives e^-87.
+inline V::F exp_nonpositive(V::F x) {
+  x = V::max(x, V::set1(-87.0f));
+  const V::F n = V::round(V::mul(x, V::set1(1.44269504088896341f)));
+  x = V::fma(n, V::set1(-0.693359375f), x);  // ln2 in two parts: r stays exact
+  x = V::fma(n, V::set1(2.12194440e-4f), x);
+  V::F y = V::set1(1.9875691500e-4f);
+  y = V::fma(y, x, V::set1(1.3981999507e-3f));
+  y = V::fma(y, x, V::set1(8.3334519073e-3f));
+  y = V::fma(y, x, V::set1(4.1665795894e-2f));
+  y = V::fma(y, x, V::set1(1.6666665459e-1f));
+  y = V::fma(y, x, V::set1(5.0000001201e-1f));
+  y = V::fma(y, V::mul(x, x), V::add(x, V::set1(1.0f)));
+  return V::mul(y, V::pow2(n));
 }
 
-void attention_values(int dtype, const float* p, const void* v, int64_t head_stride, int64_t T,
-                      int64_t D, int64_t group, float* out, int64_t h0, int64_t h1) {
-  if (dtype == 0) attention_values_heads<Bf16Vec, 2>(p, v, head_stride, T, D, group, out, h0, h1);
-  if (dtype == 1) attention_values_heads<Fp16Vec, 2>(p, v, head_stride, T, D, group, out, h0, h1);
-  if (dtype == 2) attention_values_heads<F32Vec, 4>(p, v, head_stride, T, D, group, out, h0, h1);
+// scores[0, T) -> their softmax, in place.
+inline void softmax(float* scores, int64_t T) {
+  float top = scores[0];
+  for (int64_t t = 1; t < T; t++) top = std::max(top, scores[t]);
+  const V::F shift = V::set1(top);
+  V::F total = V::zero();
+  int64_t t = 0;
+  for (; t + V::W <= T; t += V::W) {
+    const V::F e = exp_nonpositive(V::add(V::load(scores + t), V::mul(shift, V::set1(-1.0f))));
+    V::store(scores + t, e);
+    total = V::add(total, e);
+  }
+  float sum = V::hsum(total);
+  for (; t < T; t++) {
+    scores[t] = std::exp(scores[t] - top);
+    sum += scores[t];
+  }
+  const float inv = 1.0f / sum;
+  for (t = 0; t + V::W <= T; t += V::W) V::store(scores + t, V::mul(V::load(scores + t), V::set1(inv)));
+  for (; t < T; t++) scores[t] *= inv;
+}
+
+template <class Load, int kElem>
+void attention_of_head(const float* q, const PagedHead& keys, const PagedHead& values, float scale,
+                       float* scratch, float* out) {
+  scores_of_head<Load, kElem>(q, keys, scale, scratch);
+  softmax(scratch, keys.T);
+  values_of_head<Load, kElem>(scratch, values, out);
+}
+
+// The entry point, for one query head: dtype 0 bf16, 1 fp16, 2 float32 (the pool's); `scratch`
+// holds keys.T floats.
+void attention(int dtype, const float* q, const PagedHead& keys, const PagedHead& values,
+               float scale, float* scratch, float* out) {
+  if (dtype == 0) attention_of_head<Bf16Vec, 2>(q, keys, values, scale, scratch, out);
+  if (dtype == 1) attention_of_head<Fp16Vec, 2>(q, keys, values, scale, scratch, out);
+  if (dtype == 2) attention_of_head<F32Vec, 4>(q, keys, values, scale, scratch, out);
 }

@@ -56,9 +56,12 @@ class DecodeGroup(NamedTuple):
     mask: torch.Tensor  # (Bd, 1, 1, blocks * block_size) True at the keys it may see
     contexts: list[int]  # tokens of each one, its new one included
     spans: list[tuple[int, int] | None]  # pool slots of each one whose blocks are in order
+    lengths: torch.Tensor  # (Bd,) int64: `contexts` as a tensor, for the decode kernel
 
 
-KernelFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# The compiled paged decode attention: q (Bd, H, D) float32, one layer of the pool, the block
+# tables (Bd, blocks) and contexts (Bd,) -> (Bd, H, D) float32 (kernels/cpu_kernels.cpp).
+KernelFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class SDPABackend:
@@ -69,11 +72,12 @@ class SDPABackend:
     (usual: blocks are handed out lowest id first) is a plain (Hkv, T, D) view, and the others
     are gathered block by block into that layout. Every sequence with one new token is attended
     in a single call over its padded, masked keys; each prefill chunk in its own call (padding a
-    512-token chunk's queries to a decode's would multiply the work). With 16-bit keys on a CPU
-    the compiled decode kernel (`decode_kernel`, one sequence a call) replaces the decode call:
-    PyTorch's fused attention is slow with one 16-bit query. A fused paged kernel
-    (FlashAttention / FlashInfer on CUDA) would replace `attend` and read the blocks in place;
-    `write` is what any backend shares.
+    512-token chunk's queries to a decode's would multiply the work). On a CPU with the compiled
+    kernels, the decodes go to `decode_kernel` instead: one call for all of them that reads each
+    sequence's blocks in place (gathering a scattered sequence copies every key and value of it
+    per layer, and PyTorch's fused attention is slow with one 16-bit query). A fused paged kernel
+    (FlashAttention / FlashInfer on CUDA) would do the same there; `write` is what any backend
+    shares.
     """
 
     @staticmethod
@@ -113,14 +117,10 @@ class SDPABackend:
         if d is None:
             return out
         Bd = d.rows.shape[0]
-        if decode_kernel is not None and kv_layer.dtype != torch.float32 and q.device.type == "cpu":
-            od = torch.stack(
-                [
-                    decode_kernel(q[:, row].float().contiguous(), *_keys_of(kv_layer, d, i))
-                    for i, row in enumerate(d.rows.tolist())
-                ],
-                dim=1,
-            ).to(q.dtype)  # (H, Bd, D)
+        if decode_kernel is not None and q.device.type == "cpu":
+            qd = (q if Bd == T else q.index_select(1, d.rows)).transpose(0, 1)
+            od = decode_kernel(qd.float().contiguous(), kv_layer, d.tables, d.lengths)
+            od = od.transpose(0, 1).to(q.dtype)  # (H, Bd, D)
         else:
             # The query heads that share a KV head become rows of one query block, so no keys
             # or values are copied per head: (Bd, Hkv, H/Hkv, D).
@@ -153,15 +153,6 @@ def _slots(kv_layer: torch.Tensor, a: int, b: int) -> tuple[torch.Tensor, torch.
     """Keys and values of the consecutive pool slots [a, b) -> two (Hkv, b - a, D) views."""
     _, Hkv, N, bs, D = kv_layer.shape
     return kv_layer[0].view(Hkv, N * bs, D)[:, a:b], kv_layer[1].view(Hkv, N * bs, D)[:, a:b]
-
-
-def _keys_of(kv_layer: torch.Tensor, d: DecodeGroup, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keys and values (Hkv, context, D) of decode sequence i: a view, or gathered."""
-    if d.spans[i] is not None:
-        return _slots(kv_layer, *d.spans[i])
-    ctx = d.contexts[i]
-    keys, values = _gather(kv_layer, d.tables[i : i + 1])
-    return keys[0, :, :ctx], values[0, :, :ctx]
 
 
 def _span(table: list[int], context: int, block_size: int) -> tuple[int, int] | None:
@@ -228,6 +219,7 @@ class PagedBatch:
                 mask[:, None, None, :],
                 contexts,
                 [_span(t, c, bs) for _, t, c in decodes],
+                ctx,
             )
 
     def attend(

@@ -171,8 +171,9 @@ def attach_kernels(model: nn.Module) -> str | None:
         return None
     from .qwen2 import Qwen2Attention
 
-    def decode_attention(q, k, v):
-        return module.decode_attention(q, k, v, q.shape[-1] ** -0.5, K.ISA_IDS[isa])
+    def decode_attention(q, kv_layer, tables, contexts):
+        scale = q.shape[-1] ** -0.5
+        return module.paged_decode_attention(q, kv_layer, tables, contexts, scale, K.ISA_IDS[isa])
 
     for attention in model.modules():
         if isinstance(attention, Qwen2Attention) and attention.head_dim % 16 == 0:
