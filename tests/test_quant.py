@@ -8,6 +8,7 @@ import torch
 
 from qwen_audio import LLM, SamplingParams
 from qwen_audio import kernels as K
+from qwen_audio.engine.engine import EngineConfig
 from qwen_audio.loading import load_checkpoint, save_quantized
 from qwen_audio.model import quant
 from qwen_audio.model.attention import AttentionBatch
@@ -68,6 +69,27 @@ def test_quantized_model_quality_against_float32(checkpoints, method, mean, low)
         _prefill_logits(ref, _conv()), _prefill_logits(q, _conv()), dim=-1
     )
     assert cosine.mean() > mean and cosine.min() > low, cosine
+
+
+def test_float32_compute_over_packed_weights_caches_in_float16(checkpoints):
+    """Where the CPU has no native bf16 (AVX2, ARM) the model computes in float32 over int8/int4/
+    bf16 weights; its KV pool is float16 there, half the bytes each decoded token reads. Greedy
+    answers match a float32 pool's, and batched equals single."""
+    if K.load_kernels() is None:
+        pytest.skip("no compiled kernels here: the pool stays float32")
+    path = checkpoints("gqa3", init_std=0.02)
+    llm = LLM(path, dtype="float32", quantize="int8")
+    assert llm.engine.pool.kv.dtype == torch.float16
+    wide = LLM(
+        path, dtype="float32", quantize="int8", engine_config=EngineConfig(kv_dtype=torch.float32)
+    )
+    assert wide.engine.pool.kv.dtype == torch.float32
+    assert LLM(path, dtype="float32").engine.pool.kv.dtype == torch.float32  # float32 weights
+    params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+    convs = [_conv(seed) for seed in (1, 2, 3)]
+    batched = [out.token_ids for out in llm.chat(convs, params)]
+    assert batched == [llm.chat([conv], params)[0].token_ids for conv in convs]
+    assert batched == [out.token_ids for out in wide.chat(convs, params)]
 
 
 def test_layers_whose_inputs_do_not_make_groups_stay_unquantized(checkpoints):

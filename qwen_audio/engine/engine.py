@@ -44,6 +44,27 @@ class EngineConfig:
     enable_prefix_cache: bool = True
     block_size: int = 16  # tokens per KV block (the prefix cache's granularity too)
     max_model_len: int | None = None  # None: the model's max_position_embeddings
+    kv_dtype: torch.dtype | None = None  # None: `kv_cache_dtype(model)`
+
+
+def kv_cache_dtype(model: Qwen2AudioForConditionalGeneration) -> torch.dtype:
+    """The KV pool's dtype: the model's, except float16 for a CPU model that computes in float32
+    over weights kept at 16 bits or fewer, with the compiled decode attention (AVX2 and ARM CPUs
+    without native bf16). A decoded token reads every cached key and value: float32 doubles
+    those bytes (0.8 GB a token for a 7B after a 30 s clip) for precision the bf16 checkpoint
+    never had. float16, not bf16: three more mantissa bits, converted in hardware on every CPU
+    the kernels run on, and llama.cpp's default cache type."""
+    if model.dtype != torch.float32 or model.device.type != "cpu":
+        return model.dtype
+    from ..model.packed import PackedLinear
+    from ..model.qwen2 import Qwen2Attention
+
+    decoder = model.language_model
+    packed = any(isinstance(m, PackedLinear) for m in decoder.modules())
+    kernel = all(
+        m.decode_kernel is not None for m in decoder.modules() if isinstance(m, Qwen2Attention)
+    )
+    return torch.float16 if packed and kernel else model.dtype
 
 
 def default_kv_budget(device: torch.device, fraction: float) -> int:
@@ -75,7 +96,7 @@ class LLMEngine:
             model.config.text,
             self.kv_budget,
             self.config.block_size,
-            model.dtype,
+            self.config.kv_dtype or kv_cache_dtype(model),
             model.device,
             max_tokens=self.config.max_num_seqs * self.max_model_len,
         )

@@ -162,19 +162,28 @@ void int_rows(const uint8_t* w, const uint16_t* s, const QuantizedRows& x, int64
   }
 }
 
+// Weight rows taken at a time while every block of input rows passes over them: 16 rows of 4096
+// int4 weights are 32 KB, so from the second block of inputs on they come from cache, not
+// memory. One block (decoding, M <= 4) reads each weight byte from memory once; a prefill of
+// hundreds of rows, once per chunk instead of once per block of 4 rows.
+constexpr int64_t kWeightRowChunk = 16;
+
 template <bool kQ4Format>
 void int_gemv(const uint8_t* w, const uint16_t* s, const QuantizedRows& x, int64_t M, int64_t K,
               float* y, int64_t N, int64_t n0, int64_t n1) {
   const int64_t groups = K / kGroup;
-  for (int64_t m0 = 0; m0 < M; m0 += V::kMaxRows) {
-    const int64_t mr = M - m0 < V::kMaxRows ? M - m0 : V::kMaxRows;
-    const QuantizedRows xm{x.q + m0 * K, x.d + m0 * groups, x.off + m0 * groups};
-    float* ym = y + m0 * N;
-    switch (mr) {
-      case 1: int_rows<kQ4Format, 1>(w, s, xm, K, ym, N, n0, n1); break;
-      case 2: int_rows<kQ4Format, 2>(w, s, xm, K, ym, N, n0, n1); break;
-      case 3: int_rows<kQ4Format, 3>(w, s, xm, K, ym, N, n0, n1); break;
-      default: int_rows<kQ4Format, 4>(w, s, xm, K, ym, N, n0, n1); break;
+  for (int64_t c0 = n0; c0 < n1; c0 += kWeightRowChunk) {
+    const int64_t c1 = std::min(n1, c0 + kWeightRowChunk);
+    for (int64_t m0 = 0; m0 < M; m0 += V::kMaxRows) {
+      const int64_t mr = M - m0 < V::kMaxRows ? M - m0 : V::kMaxRows;
+      const QuantizedRows xm{x.q + m0 * K, x.d + m0 * groups, x.off + m0 * groups};
+      float* ym = y + m0 * N;
+      switch (mr) {
+        case 1: int_rows<kQ4Format, 1>(w, s, xm, K, ym, N, c0, c1); break;
+        case 2: int_rows<kQ4Format, 2>(w, s, xm, K, ym, N, c0, c1); break;
+        case 3: int_rows<kQ4Format, 3>(w, s, xm, K, ym, N, c0, c1); break;
+        default: int_rows<kQ4Format, 4>(w, s, xm, K, ym, N, c0, c1); break;
+      }
     }
   }
 }
@@ -277,15 +286,18 @@ void int_gemv(const uint8_t* w, const uint16_t* s, const QuantizedRows& x, int64
               float* y, int64_t N, int64_t n0, int64_t n1) {
   constexpr int64_t kMaxRows = 4;
   const int64_t groups = K / kGroup;
-  for (int64_t m0 = 0; m0 < M; m0 += kMaxRows) {
-    const int64_t mr = M - m0 < kMaxRows ? M - m0 : kMaxRows;
-    const QuantizedRows xm{x.q + m0 * K, x.d + m0 * groups, x.off + m0 * groups};
-    float* ym = y + m0 * N;
-    switch (mr) {
-      case 1: avx512_vnni::int_rows<kQ4Format, 1>(w, s, xm, K, ym, N, n0, n1); break;
-      case 2: avx512_vnni::int_rows<kQ4Format, 2>(w, s, xm, K, ym, N, n0, n1); break;
-      case 3: avx512_vnni::int_rows<kQ4Format, 3>(w, s, xm, K, ym, N, n0, n1); break;
-      default: avx512_vnni::int_rows<kQ4Format, 4>(w, s, xm, K, ym, N, n0, n1); break;
+  for (int64_t c0 = n0; c0 < n1; c0 += avx2::kWeightRowChunk) {  // as avx2::int_gemv
+    const int64_t c1 = std::min(n1, c0 + avx2::kWeightRowChunk);
+    for (int64_t m0 = 0; m0 < M; m0 += kMaxRows) {
+      const int64_t mr = M - m0 < kMaxRows ? M - m0 : kMaxRows;
+      const QuantizedRows xm{x.q + m0 * K, x.d + m0 * groups, x.off + m0 * groups};
+      float* ym = y + m0 * N;
+      switch (mr) {
+        case 1: avx512_vnni::int_rows<kQ4Format, 1>(w, s, xm, K, ym, N, c0, c1); break;
+        case 2: avx512_vnni::int_rows<kQ4Format, 2>(w, s, xm, K, ym, N, c0, c1); break;
+        case 3: avx512_vnni::int_rows<kQ4Format, 3>(w, s, xm, K, ym, N, c0, c1); break;
+        default: avx512_vnni::int_rows<kQ4Format, 4>(w, s, xm, K, ym, N, c0, c1); break;
+      }
     }
   }
 }
@@ -419,14 +431,26 @@ const uint16_t* scales_ptr(const torch::Tensor& s, int64_t format) {
 
 }  // namespace
 
-// y (M, N) float32 = x (M, K) float32 @ weight^T, for M <= 16.
+// Whether `linear` takes any number of rows for this format: int8/int4 on x86-64, whose
+// int8-input products also beat dequantizing for the float32 GEMM when rows are many.
+bool int_inputs_path(int64_t format, int64_t isa, int64_t K) {
+#if defined(QWEN_AUDIO_X86)
+  return isa != kNeon && isa != kNone && (format == kQ8 || format == kQ4) &&
+         K <= avx2::kMaxGroups * kGroup;
+#else
+  return false;
+#endif
+}
+
+// y (M, N) float32 = x (M, K) float32 @ weight^T, for M <= 16 (any M on the int8-input path).
 torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& s,
                      int64_t format, int64_t isa) {
   const int64_t N = check_weight(w, s, format), K = inputs_of(w, format);
   TORCH_CHECK(x.scalar_type() == torch::kFloat && x.dim() == 2 && x.size(1) == K,
               "x: float32 (M, K) with K = the weight's inputs");
   TORCH_CHECK(K % kGroup == 0, "K must be a multiple of 32");
-  TORCH_CHECK(x.size(0) >= 1 && x.size(0) <= kMaxInputRows, "1 to 16 input rows");
+  TORCH_CHECK(x.size(0) >= 1 && (x.size(0) <= kMaxInputRows || int_inputs_path(format, isa, K)),
+              "1 to 16 input rows");
   const auto xc = x.contiguous();
   const int64_t M = xc.size(0);
   auto y = torch::empty({M, N}, xc.options());
@@ -439,15 +463,18 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch
   // int8/int4 on every x86 instruction set: widening each weight to float32 (the AVX-512 body)
   // is compute bound on 2 cores, the int8-input dot products keep up with memory (7B int4
   // decode on AVX-512: 4.8 tok/s through floats; see the README for the int8-input figure).
-  if (isa != kNeon && isa != kNone && (format == kQ8 || format == kQ4) &&
-      K <= avx2::kMaxGroups * kGroup) {
+  if (int_inputs_path(format, isa, K)) {
     auto xq = torch::empty({M, K}, torch::dtype(torch::kChar));
     auto d = torch::empty({M, K / kGroup}, xc.options());
     auto off = torch::empty({M, K / kGroup}, xc.options());
-    avx2::quantize_inputs(xp, M, K, xq.data_ptr<int8_t>(), d.data_ptr<float>(),
-                          off.data_ptr<float>());
-    const avx2::QuantizedRows rows{xq.data_ptr<int8_t>(), d.data_ptr<float>(),
-                                   off.data_ptr<float>()};
+    const int64_t groups = K / kGroup;
+    int8_t* qp = xq.data_ptr<int8_t>();
+    float *dp = d.data_ptr<float>(), *op = off.data_ptr<float>();
+    at::parallel_for(0, M, 8, [&](int64_t m0, int64_t m1) {
+      avx2::quantize_inputs(xp + m0 * K, m1 - m0, K, qp + m0 * K, dp + m0 * groups,
+                            op + m0 * groups);
+    });
+    const avx2::QuantizedRows rows{qp, dp, op};
     static const bool vnni = __builtin_cpu_supports("avx512vnni") &&
                              __builtin_cpu_supports("avx512bw") &&
                              __builtin_cpu_supports("avx512vl");
@@ -650,7 +677,8 @@ std::vector<torch::Tensor> quantize(const torch::Tensor& w, int64_t format) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("quantize", &quantize, "int8/int4 groups of a float weight, as model/quant.py");
-  m.def("linear", &linear, "x (M, K) float32 @ packed weight^T, M <= 16");
+  m.def("linear", &linear, "x (M, K) float32 @ packed weight^T, M <= 16 unless int_inputs_path");
+  m.def("int_inputs_path", &int_inputs_path, "whether linear takes any number of rows");
   m.def("dequantize", &dequantize, "float32 rows [n0, n1) of a packed weight");
   m.def("linear_bf16_native", &linear_bf16_native, "bf16 x @ bf16 w^T (AVX512-BF16)");
   m.def("paged_decode_attention", &paged_decode_attention,

@@ -84,8 +84,8 @@ class SDPABackend:
     def write(kv_layer: torch.Tensor, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         """Store k, v (Hkv, T, D) at the pool slots (T,) of kv_layer (2, Hkv, N, block, D)."""
         Hkv, N, bs, D = kv_layer.shape[1:]
-        kv_layer[0].view(Hkv, N * bs, D).index_copy_(1, slots, k)
-        kv_layer[1].view(Hkv, N * bs, D).index_copy_(1, slots, v)
+        kv_layer[0].view(Hkv, N * bs, D).index_copy_(1, slots, k.to(kv_layer.dtype))
+        kv_layer[1].view(Hkv, N * bs, D).index_copy_(1, slots, v.to(kv_layer.dtype))
 
     @staticmethod
     def attend(
@@ -110,6 +110,7 @@ class SDPABackend:
                 mask = mask[:, : c.span[1] - c.span[0]]
             else:
                 ki, vi = _gather(kv_layer, c.table[None])  # (1, Hkv, L, D)
+            ki, vi = ki.to(q.dtype), vi.to(q.dtype)  # a float16 pool under float32 compute
             out[:, c.start : c.start + c.n] = F.scaled_dot_product_attention(
                 qi, ki, vi, attn_mask=mask, is_causal=mask is None, enable_gqa=H != Hkv
             )[0]
@@ -127,10 +128,10 @@ class SDPABackend:
             qd = q if Bd == T else q.index_select(1, d.rows)
             qd = qd.transpose(0, 1).reshape(Bd, Hkv, H // Hkv, D)
             if Bd == 1 and d.spans[0] is not None:  # as a plain cache: no copy, no mask
-                kd, vd = (x[None] for x in _slots(kv_layer, *d.spans[0]))
+                kd, vd = (x[None].to(q.dtype) for x in _slots(kv_layer, *d.spans[0]))
                 od = F.scaled_dot_product_attention(qd, kd, vd)
             else:
-                kd, vd = _gather(kv_layer, d.tables)  # (Bd, Hkv, L, D)
+                kd, vd = (x.to(q.dtype) for x in _gather(kv_layer, d.tables))  # (Bd, Hkv, L, D)
                 od = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=d.mask)
             od = od.reshape(Bd, H, D).transpose(0, 1)  # (H, Bd, D)
         if Bd == T:  # decodes only: their rows are the whole batch, in order

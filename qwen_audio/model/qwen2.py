@@ -102,8 +102,8 @@ class Qwen2Attention(nn.Module):
         self.k_proj = nn.Linear(cfg.hidden_size, self.num_kv_heads * self.head_dim, bias=True)
         self.v_proj = nn.Linear(cfg.hidden_size, self.num_kv_heads * self.head_dim, bias=True)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, cfg.hidden_size, bias=False)
-        # (q (H, D) float32, keys, values (Hkv, T, D)) -> (H, D) float32: the CPU kernels'
-        # decode attention, set by `packed.attach_kernels`; None: PyTorch's
+        # attention.KernelFn: the CPU kernels' paged decode attention, set by
+        # `packed.attach_kernels`; None: PyTorch's
         self.decode_kernel = None
 
     def forward(
