@@ -99,6 +99,32 @@ def test_decode_kernel_equals_pytorch(isa, fmt, rows):
 @needs_kernels
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("rows", [1, 5, 40])
+def test_stacked_weights_give_each_weights_own_bits(isa, fmt, rows):
+    """q/k/v (or gate/up) in one call: the columns of each weight are exactly its own call's."""
+    if rows > 16 and not rounds_inputs(isa, fmt):
+        pytest.skip("more than 16 rows go to the tiled GEMM on this path")
+    layers = [packed(fmt, n, 96, seed=n) for n in (64, 17, 33)]
+    x = torch.randn(rows, 96)
+    scales = [_empty() if p.scales is None else p.scales for p in layers]
+    weights = [p.weight for p in layers]
+    got = module.linear_many(x, weights, scales, _fmt(layers[0]), _isa(isa))
+    alone = [module.linear(x, w, s, _fmt(layers[0]), _isa(isa)) for w, s in zip(weights, scales)]
+    assert torch.equal(got, torch.cat(alone, dim=1))
+    if isa == "avx512_bf16" and fmt == "bf16" and rows <= 16:  # bf16 in, bf16 out
+        xb = x.bfloat16()
+        got = module.linear_bf16_native_many(xb, weights)
+        alone = [module.linear_bf16_native(xb, w) for w in weights]
+        assert torch.equal(got, torch.cat(alone, dim=1))
+    with pytest.raises(RuntimeError, match="same inputs"):
+        other = packed(fmt, 8, 64, seed=0)
+        extra = _empty() if other.scales is None else other.scales
+        module.linear_many(x, [weights[0], other.weight], [scales[0], extra], _fmt(other), 1)
+
+
+@needs_kernels
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_dequantize_kernel_is_exact(isa, fmt):
     p = packed(fmt, 45, 160, seed=3)
     scales = p.scales if p.scales is not None else _empty()

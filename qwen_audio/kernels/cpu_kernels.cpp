@@ -431,6 +431,41 @@ const uint16_t* scales_ptr(const torch::Tensor& s, int64_t format) {
 
 }  // namespace
 
+// Several weights that multiply the same input (q/k/v, gate/up) side by side: output row r of
+// the concatenation is row r - offset[i] of weight i. One call splits the rows of all of them
+// between the threads, so the input is rounded once and the pool is woken once per input.
+struct Stacked {
+  std::vector<const void*> w;
+  std::vector<const uint16_t*> s;
+  std::vector<int64_t> offset;  // first output of each weight; offset.back() = all outputs
+  int64_t total() const { return offset.back(); }
+
+  // fn(i, n0, n1, column) for the pieces of weights that the outputs [a, b) cover
+  template <class Fn>
+  void for_range(int64_t a, int64_t b, Fn fn) const {
+    for (size_t i = 0; i + 1 < offset.size(); i++) {
+      const int64_t lo = std::max(a, offset[i]), hi = std::min(b, offset[i + 1]);
+      if (lo < hi) fn(i, lo - offset[i], hi - offset[i], offset[i]);
+    }
+  }
+};
+
+Stacked stack_weights(const std::vector<torch::Tensor>& ws, const std::vector<torch::Tensor>& ss,
+                      int64_t format, int64_t* K) {
+  TORCH_CHECK(!ws.empty() && ws.size() == ss.size(), "one scales tensor per weight");
+  Stacked st;
+  st.offset.push_back(0);
+  *K = inputs_of(ws[0], format);
+  for (size_t i = 0; i < ws.size(); i++) {
+    const int64_t N = check_weight(ws[i], ss[i], format);
+    TORCH_CHECK(inputs_of(ws[i], format) == *K, "every weight takes the same inputs");
+    st.w.push_back(ws[i].data_ptr());
+    st.s.push_back(scales_ptr(ss[i], format));
+    st.offset.push_back(st.offset.back() + N);
+  }
+  return st;
+}
+
 // Whether `linear` takes any number of rows for this format: int8/int4 on x86-64, whose
 // int8-input products also beat dequantizing for the float32 GEMM when rows are many.
 bool int_inputs_path(int64_t format, int64_t isa, int64_t K) {
@@ -442,21 +477,21 @@ bool int_inputs_path(int64_t format, int64_t isa, int64_t K) {
 #endif
 }
 
-// y (M, N) float32 = x (M, K) float32 @ weight^T, for M <= 16 (any M on the int8-input path).
-torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& s,
-                     int64_t format, int64_t isa) {
-  const int64_t N = check_weight(w, s, format), K = inputs_of(w, format);
+// y (M, sum of N) float32 = x (M, K) float32 @ [weight_0; weight_1; ...]^T, for M <= 16 (any M
+// on the int8-input path).
+torch::Tensor linear_many(const torch::Tensor& x, const std::vector<torch::Tensor>& ws,
+                          const std::vector<torch::Tensor>& ss, int64_t format, int64_t isa) {
+  int64_t K = 0;
+  const Stacked st = stack_weights(ws, ss, format, &K);
   TORCH_CHECK(x.scalar_type() == torch::kFloat && x.dim() == 2 && x.size(1) == K,
               "x: float32 (M, K) with K = the weight's inputs");
   TORCH_CHECK(K % kGroup == 0, "K must be a multiple of 32");
   TORCH_CHECK(x.size(0) >= 1 && (x.size(0) <= kMaxInputRows || int_inputs_path(format, isa, K)),
               "1 to 16 input rows");
   const auto xc = x.contiguous();
-  const int64_t M = xc.size(0);
-  auto y = torch::empty({M, N}, xc.options());
+  const int64_t M = xc.size(0), NT = st.total();
+  auto y = torch::empty({M, NT}, xc.options());
   const Kernels k = kernels_for(isa);
-  const void* wp = w.data_ptr();
-  const uint16_t* sp = scales_ptr(s, format);
   const float* xp = xc.data_ptr<float>();
   float* yp = y.data_ptr<float>();
 #if defined(QWEN_AUDIO_X86)
@@ -481,17 +516,27 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch
     const auto gemv = (isa == kAvx512 || isa == kAvx512Bf16) && vnni
                           ? avx512_vnni::gemv_quantized_inputs
                           : avx2::gemv_quantized_inputs;
-    at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
-      gemv(static_cast<int>(format), wp, sp, rows, M, K, yp, N, n0, n1);
+    at::parallel_for(0, NT, 16, [&](int64_t a, int64_t b) {
+      st.for_range(a, b, [&](size_t i, int64_t n0, int64_t n1, int64_t col) {
+        gemv(static_cast<int>(format), st.w[i], st.s[i], rows, M, K, yp + col, NT, n0, n1);
+      });
     });
     return y;
   }
 #endif
   // Small grains keep both cores busy on narrow matrices; each grain is >= 16 KB of weights.
-  at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
-    k.gemv(static_cast<int>(format), wp, sp, xp, M, K, yp, N, n0, n1);
+  at::parallel_for(0, NT, 16, [&](int64_t a, int64_t b) {
+    st.for_range(a, b, [&](size_t i, int64_t n0, int64_t n1, int64_t col) {
+      k.gemv(static_cast<int>(format), st.w[i], st.s[i], xp, M, K, yp + col, NT, n0, n1);
+    });
   });
   return y;
+}
+
+// y (M, N) float32 = x (M, K) float32 @ weight^T: `linear_many` with one weight.
+torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& s,
+                     int64_t format, int64_t isa) {
+  return linear_many(x, {w}, {s}, format, isa);
 }
 
 // The float32 rows [n0, n1) of a weight: (n1 - n0, K).
@@ -573,28 +618,37 @@ torch::Tensor paged_decode_attention(const torch::Tensor& q, const torch::Tensor
   return out;
 }
 
-// y (M, N) bf16 = x (M, K) bf16 @ w (N, K) bf16^T with AVX512-BF16, for M <= 16.
-torch::Tensor linear_bf16_native(const torch::Tensor& x, const torch::Tensor& w) {
+// y (M, sum of N) bf16 = x (M, K) bf16 @ [w_0; w_1; ...] (N_i, K) bf16^T with AVX512-BF16,
+// for M <= 16.
+torch::Tensor linear_bf16_native_many(const torch::Tensor& x, const std::vector<torch::Tensor>& ws) {
 #if defined(QWEN_AUDIO_X86)
-  TORCH_CHECK(x.scalar_type() == torch::kBFloat16 && w.scalar_type() == torch::kBFloat16,
-              "bfloat16 tensors expected");
-  TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1), "shapes (M, K), (N, K)");
+  TORCH_CHECK(x.scalar_type() == torch::kBFloat16 && x.dim() == 2, "x: bfloat16 (M, K)");
   TORCH_CHECK(x.size(1) % 32 == 0, "K must be a multiple of 32");
   TORCH_CHECK(x.size(0) >= 1 && x.size(0) <= kMaxInputRows, "1 to 16 input rows");
+  const std::vector<torch::Tensor> no_scales(ws.size());
+  int64_t K = 0;
+  const Stacked st = stack_weights(ws, no_scales, kBf16, &K);
+  TORCH_CHECK(x.size(1) == K, "shapes (M, K), (N, K)");
   const auto xc = x.contiguous();
-  const auto wc = w.contiguous();
-  const int64_t M = xc.size(0), K = xc.size(1), N = wc.size(0);
-  auto y = torch::empty({M, N}, xc.options());
+  const int64_t M = xc.size(0), NT = st.total();
+  auto y = torch::empty({M, NT}, xc.options());
   const auto* xp = reinterpret_cast<const uint16_t*>(xc.data_ptr());
-  const auto* wp = reinterpret_cast<const uint16_t*>(wc.data_ptr());
   auto* yp = reinterpret_cast<uint16_t*>(y.data_ptr());
-  at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
-    avx512_bf16::dispatch<kMaxInputRows>(static_cast<int>(M), xp, wp, yp, K, N, n0, n1);
+  at::parallel_for(0, NT, 16, [&](int64_t a, int64_t b) {
+    st.for_range(a, b, [&](size_t i, int64_t n0, int64_t n1, int64_t col) {
+      const auto* wp = static_cast<const uint16_t*>(st.w[i]);
+      avx512_bf16::dispatch<kMaxInputRows>(static_cast<int>(M), xp, wp, yp + col, K, NT, n0, n1);
+    });
   });
   return y;
 #else
   TORCH_CHECK(false, "AVX512-BF16 kernels exist only on x86-64");
 #endif
+}
+
+// y (M, N) bf16 = x (M, K) bf16 @ w (N, K) bf16^T with AVX512-BF16, for M <= 16.
+torch::Tensor linear_bf16_native(const torch::Tensor& x, const torch::Tensor& w) {
+  return linear_bf16_native_many(x, {w});
 }
 
 std::vector<int64_t> compiled_isas() {
@@ -680,7 +734,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("linear", &linear, "x (M, K) float32 @ packed weight^T, M <= 16 unless int_inputs_path");
   m.def("int_inputs_path", &int_inputs_path, "whether linear takes any number of rows");
   m.def("dequantize", &dequantize, "float32 rows [n0, n1) of a packed weight");
+  m.def("linear_many", &linear_many, "linear over several weights of one input, side by side");
   m.def("linear_bf16_native", &linear_bf16_native, "bf16 x @ bf16 w^T (AVX512-BF16)");
+  m.def("linear_bf16_native_many", &linear_bf16_native_many, "linear_bf16_native, stacked");
   m.def("paged_decode_attention", &paged_decode_attention,
         "one new token per sequence against its keys and values in the paged pool");
   m.def("compiled_isas", &compiled_isas, "instruction sets in this build");

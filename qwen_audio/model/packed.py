@@ -82,14 +82,17 @@ class PackedLinear(nn.Module):
         self.int_inputs_any_rows = module.int_inputs_path(fmt, self.isa, self.in_features)
         return True
 
+    def takes_kernel_rows(self, flat: torch.Tensor) -> bool:
+        """Whether these (rows, in_features) inputs go to the weight-streaming kernels."""
+        rows = flat.shape[0]
+        if self.kernels is None or rows == 0 or torch.is_grad_enabled():
+            return False
+        return rows <= K.MAX_ROWS or (self.int_inputs_any_rows and flat.dtype == torch.float32)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
         flat = x.reshape(-1, self.in_features)
-        rows = flat.shape[0]
-        on_kernels = self.kernels is not None and rows > 0 and not torch.is_grad_enabled()
-        if on_kernels and (
-            rows <= K.MAX_ROWS or (self.int_inputs_any_rows and flat.dtype == torch.float32)
-        ):
+        if self.takes_kernel_rows(flat):
             y = self._decode(flat)
         elif self.format == "bf16" and flat.dtype == torch.bfloat16:
             # the native bf16 GEMM reads the bf16 weight directly, its bias fused as nn.Linear's
@@ -140,6 +143,65 @@ class PackedLinear(nn.Module):
 _NO_SCALES = torch.empty(0, dtype=torch.float16)
 
 
+class StackedLinears:
+    """PackedLinear layers of one input (q/k/v, gate/up) multiplied in one kernel call when they
+    go to the kernels: the input is rounded once and the thread pool woken once, not per layer
+    (on a 7B, 7 calls a layer become 3; on the 0.5B, whose decode is mostly such overhead, more
+    so). Each output row is computed exactly as its own layer would, so results are the same
+    bits. Not a module: the layers stay where the checkpoint's names put them."""
+
+    def __init__(self, layers: list[PackedLinear]) -> None:
+        self.layers = layers
+        self.sizes = [layer.out_features for layer in layers]
+        self.weights = [layer.weight for layer in layers]
+        self.scales = [_NO_SCALES if layer.scales is None else layer.scales for layer in layers]
+        biases = [layer.bias for layer in layers]
+        self.bias = None
+        if any(b is not None for b in biases):
+            self.bias = torch.cat(
+                [torch.zeros(n) if b is None else b for b, n in zip(biases, self.sizes)]
+            ).to(next(b for b in biases if b is not None).dtype)
+
+    @classmethod
+    def of(cls, layers: list[nn.Module]) -> StackedLinears | None:
+        """The stack of `layers`, or None unless all are PackedLinear on the kernels alike."""
+        first = layers[0]
+        if not all(isinstance(layer, PackedLinear) for layer in layers) or first.kernels is None:
+            return None
+        alike = all(
+            (layer.format, layer.in_features, layer.isa, layer.kernels, layer.int_inputs_any_rows)
+            == (
+                first.format,
+                first.in_features,
+                first.isa,
+                first.kernels,
+                first.int_inputs_any_rows,
+            )
+            for layer in layers
+        )
+        return cls(layers) if alike else None
+
+    def applies(self, x: torch.Tensor) -> bool:
+        return self.layers[0].takes_kernel_rows(x.reshape(-1, self.layers[0].in_features))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., in) -> (..., sum of the layers' outputs), side by side."""
+        first = self.layers[0]
+        dtype = x.dtype
+        flat = x.reshape(-1, first.in_features)
+        if first.format == "bf16" and flat.dtype == torch.bfloat16 and first.isa == 3:
+            y = first.kernels.linear_bf16_native_many(flat, self.weights)
+        else:
+            fmt = K.FORMAT_IDS[first.format]
+            y = first.kernels.linear_many(
+                flat.float().contiguous(), self.weights, self.scales, fmt, first.isa
+            )
+        y = y.to(dtype)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*x.shape[:-1], sum(self.sizes))
+
+
 def empty_packed(linear: nn.Linear, format: str, bias_dtype: torch.dtype) -> PackedLinear:
     """A PackedLinear on the meta device with `format`'s shapes, to load a packed file into."""
     N, Kin = linear.out_features, linear.in_features
@@ -177,15 +239,19 @@ def attach_kernels(model: nn.Module) -> str | None:
     used = [layer.use_kernels(module, isa) for layer in layers]
     if not any(used):
         return None
-    from .qwen2 import Qwen2Attention
+    from .qwen2 import Qwen2Attention, Qwen2MLP
 
     def decode_attention(q, kv_layer, tables, contexts):
         scale = q.shape[-1] ** -0.5
         return module.paged_decode_attention(q, kv_layer, tables, contexts, scale, K.ISA_IDS[isa])
 
-    for attention in model.modules():
-        if isinstance(attention, Qwen2Attention) and attention.head_dim % 16 == 0:
-            attention.decode_kernel = decode_attention
+    for module_ in model.modules():
+        if isinstance(module_, Qwen2Attention):
+            if module_.head_dim % 16 == 0:
+                module_.decode_kernel = decode_attention
+            module_.qkv = StackedLinears.of([module_.q_proj, module_.k_proj, module_.v_proj])
+        if isinstance(module_, Qwen2MLP):
+            module_.gate_up = StackedLinears.of([module_.gate_proj, module_.up_proj])
     return isa
 
 

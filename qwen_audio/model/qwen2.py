@@ -102,9 +102,10 @@ class Qwen2Attention(nn.Module):
         self.k_proj = nn.Linear(cfg.hidden_size, self.num_kv_heads * self.head_dim, bias=True)
         self.v_proj = nn.Linear(cfg.hidden_size, self.num_kv_heads * self.head_dim, bias=True)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, cfg.hidden_size, bias=False)
-        # attention.KernelFn: the CPU kernels' paged decode attention, set by
-        # `packed.attach_kernels`; None: PyTorch's
+        # attention.KernelFn: the CPU kernels' paged decode attention, and q/k/v as one
+        # packed.StackedLinears, both set by `packed.attach_kernels`; None: PyTorch's
         self.decode_kernel = None
+        self.qkv = None
 
     def forward(
         self,
@@ -116,11 +117,17 @@ class Qwen2Attention(nn.Module):
     ) -> torch.Tensor:
         T = x.shape[0]
         H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
-        q = self.q_proj(x).view(T, H, D).transpose(0, 1)  # (H, T, D)
-        k = self.k_proj(x).view(T, Hkv, D).transpose(0, 1)  # (Hkv, T, D)
-        v = self.v_proj(x).view(T, Hkv, D).transpose(0, 1)  # (Hkv, T, D)
-        q = apply_rotary(q, cos, sin)
-        k = apply_rotary(k, cos, sin)
+        if self.qkv is not None and self.qkv.applies(x):
+            # one kernel call, and the keys rotated with the queries: their heads sit side by side
+            qkv = self.qkv(x).view(T, H + 2 * Hkv, D).transpose(0, 1)
+            qk = apply_rotary(qkv[: H + Hkv], cos, sin)
+            q, k, v = qk[:H], qk[H:], qkv[H + Hkv :]  # (H, T, D), (Hkv, T, D), (Hkv, T, D)
+        else:
+            q = self.q_proj(x).view(T, H, D).transpose(0, 1)  # (H, T, D)
+            k = self.k_proj(x).view(T, Hkv, D).transpose(0, 1)  # (Hkv, T, D)
+            v = self.v_proj(x).view(T, Hkv, D).transpose(0, 1)  # (Hkv, T, D)
+            q = apply_rotary(q, cos, sin)
+            k = apply_rotary(k, cos, sin)
 
         if batch.paged is not None:  # inference: write into the KV pool, attend through it
             out = batch.paged.attend(layer_idx, q, k, v, self.decode_kernel)  # (H, T, D)
@@ -150,8 +157,12 @@ class Qwen2MLP(nn.Module):
         self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.gate_up = None  # packed.StackedLinears, set by `packed.attach_kernels`
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate_up is not None and self.gate_up.applies(x):
+            gate, up = self.gate_up(x).chunk(2, dim=-1)
+            return self.down_proj(F.silu(gate) * up)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
