@@ -23,10 +23,11 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in float32 and scale in the model dtype, exactly as the reference does.
+        # Normalise in float32 and scale in the model dtype, exactly as the reference does
+        # (x * rsqrt(mean(x^2) + eps): PyTorch's fused op gives the same bits in one call, where
+        # spelling it out was five, 65 times per decoded token of a 7B).
         dtype = x.dtype
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        h = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
         return self.weight * h.to(dtype)
 
 
