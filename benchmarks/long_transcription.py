@@ -199,6 +199,9 @@ def one_by_one(rec: Recording) -> dict:
 
 
 def env_for(tree: Path) -> dict:
+    """The environment of a command of `tree`; it also runs in `tree` (cwd), since `python -c`
+    puts the working directory before PYTHONPATH: run from another checkout, the command would
+    import that checkout's package instead."""
     env = dict(os.environ, PYTHONPATH=str(tree))
     env.pop("QWEN_AUDIO_MODEL", None)
     return env
@@ -211,7 +214,9 @@ def run_cli(tree: Path, rec: Recording) -> tuple[dict, float]:
     """`qwen-audio transcribe FILE --format verbose_json -q`: (its output, wall seconds)."""
     cmd = [sys.executable, "-c", CLI, "transcribe", rec.path, "--format", "verbose_json", "-q"]
     t0 = time.perf_counter()
-    out = subprocess.run(cmd, env=env_for(tree), capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        cmd, env=env_for(tree), cwd=tree, capture_output=True, text=True, check=True
+    )
     return json.loads(out.stdout), time.perf_counter() - t0
 
 
@@ -250,7 +255,12 @@ class Server:
             self.port = s.getsockname()[1]
         cmd = [sys.executable, "-c", CLI, "serve", "--port", str(self.port), *options]
         self.proc = subprocess.Popen(
-            cmd, env=env_for(tree), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+            cmd,
+            env=env_for(tree),
+            cwd=tree,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -391,6 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="write the results here too")
     args = p.parse_args(argv)
     work, tree = Path(args.work), Path(args.tree)
+    sys.path.insert(0, str(tree))  # the in-process runs import the measured checkout's package
     name = f"quality-{args.sentences}x{args.seconds:g}s.wav"
     rec = build_recording(work / name, 0, args.sentences, args.seconds, seed=1)
     results = {}

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from . import openmp
 from .llm import EngineFrontend, build_request
 from .outputs import Delta, OutputBuilder, RequestOutput
 from .prompt import RenderedPrompt
@@ -53,12 +54,18 @@ class AsyncLLM(EngineFrontend):
         **options,
     ) -> None:
         super().__init__(model, **options)
+        # Only the engine thread computes in parallel: the loading thread's OpenMP team goes
+        # and the preparation threads run serially (see `qwen_audio.openmp`: with more teams
+        # than cores every engine step waits on sleeping workers).
+        openmp.release_team()
         # Request preparation is CPU work that must neither hold the event loop nor starve the
         # engine thread: it runs on this bounded pool (tokenizers, soxr, libsndfile, FFmpeg and
         # torch release the GIL, so threads run it in parallel), and the rest of the requests
         # wait their turn in its queue.
         self._prepare_pool = ThreadPoolExecutor(
-            prepare_workers or default_prepare_workers(), thread_name_prefix="qwen-audio-prepare"
+            prepare_workers or default_prepare_workers(),
+            thread_name_prefix="qwen-audio-prepare",
+            initializer=openmp.serial_in_this_thread,
         )
         self._streams: dict[str, _Stream] = {}
         self._streams_lock = threading.Lock()

@@ -120,3 +120,23 @@ def test_preparation_runs_on_the_bounded_pool(checkpoints):
         engine.shutdown()
     assert seen["most"] == 2
     assert all(name.startswith("qwen-audio-prepare") for name in seen["threads"])
+
+
+def test_preparation_threads_compute_serially(checkpoints):
+    # only the engine thread keeps an OpenMP team (qwen_audio.openmp): with the loading
+    # thread's team and a team per preparation thread, every engine step waits on sleeping
+    # workers (the server's steps took 1.4x longer on 2 cores)
+    import torch
+
+    from qwen_audio import openmp
+
+    if openmp._libgomp() is None:
+        pytest.skip("torch does not run on a libgomp loaded in this process")
+    before = torch.get_num_threads()
+    engine = AsyncLLM(checkpoints("mha"), dtype="float32", prepare_workers=2)
+    try:
+        threads = asyncio.run(engine.run_prepare(torch.get_num_threads))
+    finally:
+        engine.shutdown()
+    assert threads == 1
+    assert torch.get_num_threads() == before  # the caller's threads are its own

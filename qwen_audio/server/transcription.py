@@ -157,7 +157,9 @@ class Job:
             yield out
 
     async def spans(self) -> list[asr.Span]:
-        return await asyncio.to_thread(
+        # on the engine's preparation pool: CPU work (Silero VAD runs torch) that must not
+        # start threads of its own (see `qwen_audio.openmp`)
+        return await self.engine.run_prepare(
             asr.split_audio,
             self.samples,
             self.segmentation,
