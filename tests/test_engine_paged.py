@@ -201,9 +201,9 @@ def test_chunked_prefill_equals_one_prefill_and_encodes_each_clip_once(checkpoin
     config = EngineConfig(max_prefill_tokens=7, enable_prefix_cache=False)
     llm = LLM(path, dtype="float32", engine_config=config)
     encoded = []
-    encode = llm.model.encode_audio
-    llm.model.encode_audio = lambda feats, frames: (
-        encoded.append(len(feats)) or encode(feats, frames)
+    begin = llm.model.audio_tower.begin
+    llm.model.audio_tower.begin = lambda feats, frames: (
+        encoded.append(len(feats)) or begin(feats, frames)
     )
     llm.engine.audio_cache.max_entries = 0  # only the sequence's own copy may avoid re-encoding
     assert llm.chat(two_clip_conv(), p)[0].token_ids == expected
@@ -226,6 +226,51 @@ def test_running_streams_get_a_token_every_step_while_a_long_prompt_is_chunked(c
         assert "a" in {o.request_id for o in outs}
     assert steps >= 4  # b's prompt took several steps, a decoded through all of them
     run_until_done(engine, {"a", "b"})
+
+
+def test_a_clips_encoder_spreads_over_steps_while_streams_decode(checkpoints):
+    """With a zero encoder budget a step runs one encoder layer while others decode: the clip
+    takes several steps, the running stream gets a token in every one, and the answer is the
+    one of an engine that encodes whole clips."""
+    path = checkpoints("gqa1")
+    staged = LLM(path, dtype="float32", engine_config=EngineConfig(encoder_step_seconds=0.0))
+    whole = LLM(path, dtype="float32", engine_config=EngineConfig(encoder_step_seconds=None))
+    layers = len(staged.model.audio_tower.layers)
+    answers = []
+    for llm in (staged, whole):
+        engine = llm.engine
+        engine.add_request(request(llm, "a", conv(1.0, 1), 40))
+        while not engine.running or not engine.running[0].output_ids:
+            engine.step()  # a's prompt
+        engine.add_request(request(llm, "b", conv(8.0, 2), 3))
+        steps, tokens = 0, {"a": [], "b": []}
+        while not tokens["b"]:
+            outs = engine.step()
+            steps += 1
+            assert "a" in {o.request_id for o in outs}, steps  # a was not stalled
+            for o in outs:
+                tokens[o.request_id] += o.new_token_ids
+        rest = run_until_done(engine, {"a", "b"})
+        answers.append({k: tokens[k] + rest[k] for k in tokens})
+        if llm is staged:
+            assert steps >= layers >= 2  # one layer a step (b's prompt joins the last)
+    assert answers[0] == answers[1]
+
+
+def test_staged_encoder_gives_forwards_bits(checkpoints):
+    llm = LLM(checkpoints("gqa1"), dtype="float32")
+    tower = llm.model.audio_tower
+    feats = [torch.randn(tower.config.num_mel_bins, n) for n in (300, 122, 300)]
+    frames = [298, 120, 250]
+    with torch.inference_mode():
+        want = tower(feats, frames)
+        part = tower.begin(feats, frames)
+        with pytest.raises(ValueError, match="layers left"):
+            tower.end(part)
+        while not tower.done(part):
+            part = tower.advance(part)
+        for got, expected in zip(tower.end(part), want):
+            assert torch.equal(got, expected)
 
 
 def test_concurrent_requests_share_the_prefix_being_computed(checkpoints):

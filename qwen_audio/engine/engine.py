@@ -45,6 +45,9 @@ class EngineConfig:
     block_size: int = 16  # tokens per KV block (the prefix cache's granularity too)
     max_model_len: int | None = None  # None: the model's max_position_embeddings
     kv_dtype: torch.dtype | None = None  # None: `kv_cache_dtype(model)`
+    # While other streams decode, a step runs the audio encoder for about this long at most
+    # (whole layers; a clip's encoder spreads over steps); None: whole clips in one step.
+    encoder_step_seconds: float | None = 0.1
 
 
 def kv_cache_dtype(model: Qwen2AudioForConditionalGeneration) -> torch.dtype:
@@ -105,7 +108,9 @@ class LLMEngine:
             SchedulerConfig(self.config.max_num_seqs, self.config.max_prefill_tokens), self.blocks
         )
         self.audio_cache = AudioEmbeddingCache()
-        self.runner = ModelRunner(model, self.pool, self.audio_cache)
+        self.runner = ModelRunner(
+            model, self.pool, self.audio_cache, self.config.encoder_step_seconds
+        )
         self._lock = threading.Lock()
         self._aborted: set[str] = set()
         self._pending: list[Sequence] = []  # added since the last step

@@ -34,6 +34,16 @@ def pooled_frames(num_mel_frames: int) -> int:
     return (conv_frames(num_mel_frames) - 2) // 2 + 1
 
 
+class PartialEncoding(NamedTuple):
+    """Clips part-way through the encoder: their packed frame states after `next_layer` layers
+    (see `AudioEncoder.begin`)."""
+
+    states: torch.Tensor  # (T, d_model) packed frames
+    layout: FrameLayout
+    num_mel_frames: list[int]
+    next_layer: int
+
+
 class FrameLayout(NamedTuple):
     """The clips of a packed batch of frames and, when they differ in length, their padded grid."""
 
@@ -158,6 +168,26 @@ class AudioEncoder(nn.Module):
         x, layout = self._embed(features, num_mel_frames)
         x = self._run_layers(x, layout, 0)
         return self._pool(x, layout, num_mel_frames)
+
+    # The same computation a few layers at a time (`begin`, `advance` until `done`, `end`), so
+    # an engine can spread a 30 s clip's encoder over several steps while other streams decode.
+    # The same tensors go through the same layers: the outputs are `forward`'s, bit for bit.
+    def begin(self, features: list[torch.Tensor], num_mel_frames: list[int]) -> PartialEncoding:
+        x, layout = self._embed(features, num_mel_frames)
+        return PartialEncoding(x, layout, list(num_mel_frames), 0)
+
+    def advance(self, part: PartialEncoding, num_layers: int = 1) -> PartialEncoding:
+        stop = min(part.next_layer + num_layers, len(self.layers))
+        x = self._run_layers(part.states, part.layout, part.next_layer, stop)
+        return PartialEncoding(x, part.layout, part.num_mel_frames, stop)
+
+    def done(self, part: PartialEncoding) -> bool:
+        return part.next_layer >= len(self.layers)
+
+    def end(self, part: PartialEncoding) -> list[torch.Tensor]:
+        if not self.done(part):
+            raise ValueError("the clips have encoder layers left to run")
+        return self._pool(part.states, part.layout, part.num_mel_frames)
 
     def frame_states(
         self, features: list[torch.Tensor], num_mel_frames: list[int], num_layers: int

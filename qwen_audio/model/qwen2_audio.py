@@ -48,7 +48,10 @@ class Qwen2AudioForConditionalGeneration(nn.Module):
         """Mel features of several clips -> one (N_i, hidden) embedding tensor per clip."""
         if not features:
             return []
-        encoded = self.audio_tower(features, num_mel_frames)
+        return self.project_audio(self.audio_tower(features, num_mel_frames))
+
+    def project_audio(self, encoded: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The audio tower's (N_i, d_model) outputs -> (N_i, hidden) embeddings."""
         lengths = [e.shape[0] for e in encoded]
         projected = self.multi_modal_projector(torch.cat(encoded))  # (sum N, hidden)
         return list(projected.split(lengths))
