@@ -10,7 +10,8 @@ and the ratios can be taken between two runs on the same machine:
   with 8 of them: most requests running at once, failed requests, KV bytes held at most;
 - latency: 16 streams decode, then four 30 s clips arrive at once; the inter-token gaps of the
   16 streams from 16 steps before the arrival to 16 steps after the clips' first tokens, median
-  and p99 (`--chunk` sets max_prefill_tokens: smaller chunks, smaller gaps, later clips);
+  and p99 (`--chunk` sets max_prefill_tokens: smaller chunks, smaller gaps, later clips; by
+  default the engine's own chunk sizes, smaller while streams decode);
 - shared prefix: a system prompt and the same 30 s clip asked 8 questions, sent together: prompt
   tokens computed / prompt tokens.
 """
@@ -145,6 +146,12 @@ def latency(model: str, dtype: str, streams: int, clips: int, chunk: int | None)
         "streams": streams,
         "clips": clips,
         "max_prefill_tokens": engine.config.max_prefill_tokens,
+        "prefill_tokens_while_decoding": getattr(
+            engine.config,
+            "prefill_tokens_while_decoding",
+            None,  # absent in older engines
+        ),
+        "encoder_step_seconds": getattr(engine.config, "encoder_step_seconds", None),
         "gaps": len(window),
         "gap_median_s": median,
         "gap_p99_s": p99,

@@ -228,6 +228,23 @@ def test_running_streams_get_a_token_every_step_while_a_long_prompt_is_chunked(c
     run_until_done(engine, {"a", "b"})
 
 
+def test_prompt_chunks_shrink_while_other_sequences_decode(checkpoints):
+    path = checkpoints("gqa1")
+    config = EngineConfig(max_prefill_tokens=64, prefill_tokens_while_decoding=16)
+    llm = LLM(path, dtype="float32", engine_config=config)
+    engine = llm.engine
+    engine.add_request(request(llm, "a", conv(2.0, 1), 20))
+    engine.step()
+    assert engine.running[0].num_cached == 64  # alone: the whole budget
+    while not engine.running[0].output_ids:
+        engine.step()
+    engine.add_request(request(llm, "b", conv(2.0, 2), 3))
+    engine.step()
+    b = next(s for s in engine.running if s.request_id == "b")
+    assert b.num_cached - b.num_prefix_hit == 16  # a decodes: small chunks (after its hits)
+    run_until_done(engine, {"a", "b"})
+
+
 def test_a_clips_encoder_spreads_over_steps_while_streams_decode(checkpoints):
     """With a zero encoder budget a step runs one encoder layer while others decode: the clip
     takes several steps, the running stream gets a token in every one, and the answer is the

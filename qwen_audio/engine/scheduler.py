@@ -2,7 +2,8 @@
 
 Every running sequence gets its next token computed each step; prompts (and sequences resuming
 after a preemption) are computed in chunks, at most `max_prefill_tokens` prompt tokens per step
-in all, so a 30 s clip arriving never stalls the running streams for its whole prefill. Blocks
+in all (`prefill_tokens_while_decoding` while some sequence decodes), so a 30 s clip arriving
+never stalls the running streams for its whole prefill. Blocks
 are taken as tokens arrive; when the pool runs out, the newest sequences are preempted: their
 blocks are released (the full ones stay in the prefix cache) and they wait at the head of the
 queue to be computed again, so a running request never fails for lack of memory.
@@ -20,6 +21,8 @@ from .sequence import Sequence, Status
 class SchedulerConfig(NamedTuple):
     max_num_seqs: int  # sequences running together at most
     max_prefill_tokens: int  # prompt tokens computed in one step at most
+    # ... while some sequence decodes: smaller chunks keep its inter-token gaps short
+    prefill_tokens_while_decoding: int | None = None
 
 
 class Work(NamedTuple):
@@ -39,6 +42,9 @@ class Scheduler:
         """The work of the next step (also when that means preempting some sequences)."""
         work: list[Work] = []
         budget = self.config.max_prefill_tokens
+        decoding = any(s.num_tokens - s.num_cached == 1 for s in self.running)
+        if decoding and self.config.prefill_tokens_while_decoding:
+            budget = min(budget, self.config.prefill_tokens_while_decoding)
         preempted = False
         for seq in list(self.running):
             if seq.status is not Status.RUNNING:
