@@ -401,7 +401,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="write the results here too")
     args = p.parse_args(argv)
     work, tree = Path(args.work), Path(args.tree)
-    sys.path.insert(0, str(tree))  # the in-process runs import the measured checkout's package
+    import qwen_audio  # the in-process runs must use the measured checkout's package
+
+    if Path(qwen_audio.__file__).resolve().parents[1] != tree.resolve():
+        p.error(f"run with PYTHONPATH={tree}: this imports qwen_audio from {qwen_audio.__file__}")
     name = f"quality-{args.sentences}x{args.seconds:g}s.wav"
     rec = build_recording(work / name, 0, args.sentences, args.seconds, seed=1)
     results = {}
