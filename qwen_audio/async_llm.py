@@ -36,6 +36,11 @@ class _Stream:
     builder: OutputBuilder
 
 
+def _deliver(items: list[tuple[asyncio.Queue, Delta]]) -> None:
+    for queue, delta in items:
+        queue.put_nowait(delta)
+
+
 def default_prepare_workers() -> int:
     """Half the cores, 1 to 4: the engine thread keeps the other half while requests prepare."""
     return max(1, min(4, (os.cpu_count() or 2) // 2))
@@ -205,6 +210,9 @@ class AsyncLLM(EngineFrontend):
                     return
                 continue
             failed = 0
+            # A step's deltas reach each event loop in one call: a step of 64 sequences would
+            # otherwise wake the loop 64 times, each wake-up taking the GIL from this thread.
+            deliveries: dict[asyncio.AbstractEventLoop, list] = {}
             for out in outputs:
                 with self._streams_lock:
                     stream = self._streams.get(out.request_id)
@@ -213,7 +221,9 @@ class AsyncLLM(EngineFrontend):
                 delta = stream.builder.push(out)
                 if stream.builder.finished and not out.finished:
                     self.engine.abort(out.request_id)  # a stop string ended it first
-                stream.loop.call_soon_threadsafe(stream.queue.put_nowait, delta)
+                deliveries.setdefault(stream.loop, []).append((stream.queue, delta))
+            for loop, items in deliveries.items():
+                loop.call_soon_threadsafe(_deliver, items)
 
     def _stop(self, err: Exception) -> None:
         """The engine cannot recover: refuse new requests and fail every waiting one."""

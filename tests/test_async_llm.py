@@ -140,3 +140,42 @@ def test_preparation_threads_compute_serially(checkpoints):
         engine.shutdown()
     assert threads == 1
     assert torch.get_num_threads() == before  # the caller's threads are its own
+
+
+def test_a_steps_deltas_reach_the_event_loop_in_one_call(checkpoints):
+    # the engine thread wakes the event loop once per step, not once per sequence
+    engine = AsyncLLM(checkpoints("gqa1"), dtype="float32")
+    params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
+    step, steps = engine.engine.step, []
+
+    def counting_step():
+        outputs = step()
+        if outputs:
+            steps.append(len(outputs))
+        return outputs
+
+    engine.engine.step = counting_step
+    wakeups = []
+
+    async def main():
+        prompts = await asyncio.gather(*(engine.prepare_chat(conv(0.5, i, "hi")) for i in range(4)))
+        loop = asyncio.get_running_loop()
+        call = loop.call_soon_threadsafe
+
+        def counting_call(fn, *args):
+            wakeups.append(fn)
+            return call(fn, *args)
+
+        loop.call_soon_threadsafe = counting_call  # from here on, only the engine thread calls
+
+        async def one(p):
+            return [d async for d in engine.stream_prompt(p, params)]
+
+        return await asyncio.gather(*(one(p) for p in prompts))
+
+    try:
+        streams = asyncio.run(main())
+    finally:
+        engine.shutdown()
+    assert all(len(deltas) == 8 for deltas in streams)
+    assert sum(steps) >= 32 and len(wakeups) == len(steps) < sum(steps)

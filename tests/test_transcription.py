@@ -12,9 +12,11 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import httpx
 import numpy as np
 import openai
 import pytest
@@ -230,6 +232,26 @@ def test_server_segments_at_pauses_and_streams_in_order(speech_file):
             model="m", file=("s.wav", buf.getvalue()), response_format="verbose_json"
         )
         assert quiet.text == "" and quiet.segments == [] and len(engine.calls) == calls
+
+
+def test_server_transcription_times_out_and_ends_every_segment(speech_file):
+    # one deadline per segment stream (Generation.drain), not per token: still a 504 when the
+    # request's time is up, and every segment's engine request ends
+    path, truth = speech_file
+    engine = FakeEngine()
+    settings = ServerSettings(max_upload_mb=5.0, request_timeout_s=0.5)
+    with live_server(create_app(engine, settings)) as url:
+        data = {"model": "m", "prompt": "[slow]"}  # the fake answers "[slow]" at 20 ms a token
+        files = {"file": ("a.wav", Path(path).read_bytes(), "audio/wav")}
+        r = httpx.post(url + "/v1/audio/transcriptions", data=data, files=files, timeout=30)
+        assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
+        deadline = time.monotonic() + 5
+        while (engine.running or engine.waiting) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not engine.running and not engine.waiting
+        assert len(engine.closed) == len(engine.calls) == len(truth)  # none ran on
+        ok = httpx.post(url + "/v1/audio/transcriptions", data={"model": "m"}, files=files)
+        assert ok.status_code == 200 and ok.json()["text"].count("heard 1") == len(truth)
 
 
 class WaitsForAll(FakeEngine):

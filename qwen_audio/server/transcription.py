@@ -192,8 +192,7 @@ class Job:
 
         async def pump(gen: Generation, queue: asyncio.Queue) -> None:
             try:
-                while (out := await gen.next()) is not None:
-                    queue.put_nowait(out)
+                await gen.drain(queue.put_nowait)
             except Exception as e:  # handed to the reader, which raises it in order
                 queue.put_nowait(e)
                 return
