@@ -24,7 +24,7 @@ from torch import nn
 from . import precision as prec
 from .config import CheckpointError, GenerationDefaults, ModelConfig, default_model
 from .model.loader import load_model, resolve_model_path, weight_files
-from .model.packed import PackedEmbedding, PackedLinear, attach_kernels, replace_linears
+from .model.packed import PackedLinear, attach_kernels, replace_linears
 from .model.qwen2_audio import Qwen2AudioForConditionalGeneration
 from .prompt import PromptRenderer, load_chat_template
 from .tokenizer import Tokenizer
@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 
 QUANT_METHOD = "qwen_audio"  # config.json quantization_config.quant_method of our packed files
 DECODER_PREFIX = "language_model."
-EMBEDDING_TABLE = "language_model.model.embed_tokens"  # int8 in quantized decoders
 
 
 @dataclass
@@ -144,8 +143,7 @@ def _merge(net: nn.Module, adapter: str | os.PathLike) -> None:
 
 
 def linear_formats(model: nn.Module, plan: prec.Precision) -> dict[str, str]:
-    """{layer name: packed format} for `plan`: the linear layers, and a quantized decoder's
-    embedding table (int8, unless the head shares it); empty when nothing is packed."""
+    """{linear layer name: packed format} for `plan`; empty when nothing is packed."""
     if not plan.packed:
         return {}
     sixteen = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(plan.weights)
@@ -159,10 +157,6 @@ def linear_formats(model: nn.Module, plan: prec.Precision) -> dict[str, str]:
             fmt = sixteen  # groups of 32 inputs: such a layer keeps its 16-bit weights
         if fmt is not None:
             formats[name] = fmt
-    text = model.config.text
-    if plan.quantize in prec.QUANTIZE_METHODS and not text.tie_word_embeddings:
-        if text.hidden_size % 32 == 0:  # a tied table is the head's weight: it stays as it is
-            formats[EMBEDDING_TABLE] = "int8"
     return formats
 
 
@@ -170,17 +164,14 @@ def pack_model(model: nn.Module, plan: prec.Precision) -> None:
     """Replace the linear layers by PackedLinear ones, one layer at a time: a quantized layer's
     wide weight is released before the next one is read."""
     formats = linear_formats(model, plan)
-
-    def packed(name: str, m: nn.Module) -> nn.Module | None:
-        if name not in formats:
-            return None
-        if type(m) is nn.Linear:
-            return PackedLinear.from_linear(m, formats[name], plan.compute)
-        if type(m) is nn.Embedding:
-            return PackedEmbedding.from_embedding(m)
-        return None
-
-    replace_linears(model, packed)
+    replace_linears(
+        model,
+        lambda name, m: (
+            PackedLinear.from_linear(m, formats[name], plan.compute)
+            if name in formats and type(m) is nn.Linear
+            else None
+        ),
+    )
 
 
 def stored_dtype(path: Path) -> torch.dtype:
@@ -215,11 +206,7 @@ def read_packed_layout(path: Path) -> dict[str, str]:
 
 
 def _method_of(layout: dict[str, str]) -> str | None:
-    methods = {
-        f
-        for name, f in layout.items()
-        if name.startswith(DECODER_PREFIX) and name != EMBEDDING_TABLE
-    }
+    methods = {f for name, f in layout.items() if name.startswith(DECODER_PREFIX)}
     methods &= set(prec.QUANTIZE_METHODS)
     return next(iter(methods)) if methods else None
 
@@ -234,11 +221,7 @@ def save_quantized(checkpoint: Checkpoint, out_dir: Path) -> Path:
         raise ValueError("the checkpoint is not quantized")
     model = checkpoint.model
     store = plan.weights
-    layers = {
-        n: m.format
-        for n, m in model.named_modules()
-        if isinstance(m, (PackedLinear, PackedEmbedding))
-    }
+    layers = {n: m.format for n, m in model.named_modules() if isinstance(m, PackedLinear)}
     packed_keys = {f"{n}.{t}" for n in layers for t in ("weight", "scales")}
     state = {}
     for key, t in model.state_dict().items():

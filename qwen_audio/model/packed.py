@@ -202,45 +202,8 @@ class StackedLinears:
         return y.reshape(*x.shape[:-1], sum(self.sizes))
 
 
-class PackedEmbedding(nn.Module):
-    """An embedding table kept as int8 groups (`quant`'s int8 layout): a decoded token reads
-    one row, dequantized on the way out in float32. With `--quantize int4` the 7B's 156k x 4096
-    table is 1.2 GiB in bf16 beside 3.6 GiB of int4 decoder; as int8 it is 0.65 GiB (llama.cpp's
-    Q4_0 files quantize it too). The error it adds is one rounding of the first layer's input."""
-
-    format = "int8"
-
-    def __init__(self, weight: torch.Tensor, scales: torch.Tensor) -> None:
-        super().__init__()
-        self.num_embeddings, self.embedding_dim = weight.shape
-        self.register_buffer("weight", weight)
-        self.register_buffer("scales", scales)
-
-    @classmethod
-    def from_embedding(cls, embedding: nn.Embedding) -> PackedEmbedding:
-        return cls(*quantize_in_chunks("int8", embedding.weight.detach()))
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        flat = ids.reshape(-1)
-        rows = quant.dequantize("int8", self.weight[flat], self.scales[flat])
-        return rows.reshape(*ids.shape, self.embedding_dim)
-
-    def extra_repr(self) -> str:
-        return f"{self.num_embeddings}, {self.embedding_dim}, format=int8"
-
-
-def empty_packed(
-    module: nn.Module, format: str, bias_dtype: torch.dtype
-) -> PackedLinear | PackedEmbedding:
-    """A packed layer on the meta device with `format`'s shapes, to load a packed file into."""
-    if isinstance(module, nn.Embedding):
-        if format != "int8":
-            raise ValueError(f"embedding tables pack as int8 only, not {format!r}")
-        V, D = module.num_embeddings, module.embedding_dim
-        with torch.device("meta"):
-            w, s = torch.empty(V, D, dtype=torch.int8), torch.empty(V, D // quant.GROUP)
-        return PackedEmbedding(w, s.to(torch.float16))
-    linear = module
+def empty_packed(linear: nn.Linear, format: str, bias_dtype: torch.dtype) -> PackedLinear:
+    """A PackedLinear on the meta device with `format`'s shapes, to load a packed file into."""
     N, Kin = linear.out_features, linear.in_features
     with torch.device("meta"):
         if format == "int8":
