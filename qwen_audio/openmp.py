@@ -51,21 +51,28 @@ def _libgomp() -> ctypes.CDLL | None:
 
 def serial_in_this_thread() -> bool:
     """Torch ops of the calling thread run on it alone: it never starts a team. Other threads
-    keep their thread counts (OpenMP's count is per thread). True when it took effect."""
-    import torch
+    keep their thread counts (OpenMP's count is per thread). True when it took effect; never
+    raises (it is a thread pool's initializer: an error there would break the pool)."""
+    try:
+        import torch
 
-    torch.get_num_threads()  # torch's own per-thread set-up first, or it would undo this
-    lib = _libgomp()
-    if lib is None:
+        torch.get_num_threads()  # torch's own per-thread set-up first, or it would undo this
+        lib = _libgomp()
+        if lib is None:
+            return False
+        lib.omp_set_num_threads(1)
+        return torch.get_num_threads() == 1
+    except Exception:  # a speed-up only: the thread computes as before
+        log.warning("could not make this thread's torch ops serial", exc_info=True)
         return False
-    lib.omp_set_num_threads(1)
-    return torch.get_num_threads() == 1
 
 
 def release_team() -> bool:
     """Ends the calling thread's team of worker threads (a later parallel op starts a new one).
-    True when libgomp accepted it."""
-    lib = _libgomp()
-    if lib is None:
+    True when libgomp accepted it; never raises."""
+    try:
+        lib = _libgomp()
+        return lib is not None and lib.omp_pause_resource_all(OMP_PAUSE_SOFT) == 0
+    except Exception:
+        log.warning("could not release this thread's OpenMP team", exc_info=True)
         return False
-    return lib.omp_pause_resource_all(OMP_PAUSE_SOFT) == 0

@@ -76,3 +76,15 @@ def test_release_team_ends_the_calling_threads_workers():
 
     with_team, without = in_thread(team_then_release)
     assert without < with_team
+
+
+def test_failures_leave_the_thread_as_it_was(monkeypatch):
+    # both run where an error would break a thread pool or an engine's start: they never raise
+    def broken():
+        raise OSError("no OpenMP here")
+
+    monkeypatch.setattr(openmp, "_libgomp", broken)
+    assert openmp.serial_in_this_thread() is False
+    assert openmp.release_team() is False
+    monkeypatch.setattr(openmp, "_libgomp", lambda: None)  # another OpenMP runtime, or none
+    assert openmp.serial_in_this_thread() is False and openmp.release_team() is False
