@@ -71,15 +71,18 @@ def transcribe(
         for span in spans:
             jobs.append((i, span))
             audios.append((samples[span.start : span.end], SAMPLE_RATE))
+    # submitted longest first (asr.longest_first); results come back in submission order
+    order = asr.longest_first([span for _, span in jobs])
+    submitted = [audios[j] for j in order]
     on_done = None
     if progress is not None:
         total = sum(durations)
         done = total - sum(span.end - span.start for _, span in jobs) / SAMPLE_RATE
         progress(done, total)
 
-        def on_done(j: int) -> None:
+        def on_done(k: int) -> None:
             nonlocal done
-            span = jobs[j][1]
+            span = jobs[order[k]][1]
             done += (span.end - span.start) / SAMPLE_RATE
             progress(min(done, total), total)
 
@@ -94,15 +97,18 @@ def transcribe(
                     "content": [{"type": "audio", "audio": a}, {"type": "text", "text": text}],
                 }
             ]
-            for a in audios
+            for a in submitted
         ]
         results = llm.chat(convs, params, on_done=on_done)
     else:
         prompt = asr.base_prompt(task, language)
-        audio_lists = [[a] for a in audios]
+        audio_lists = [[a] for a in submitted]
         results = llm.generate([prompt] * len(audios), params, audios=audio_lists, on_done=on_done)
+    by_job = [None] * len(jobs)
+    for j, r in zip(order, results):
+        by_job[j] = r
     out = [FileResult(d, []) for d in durations]
-    for (i, span), r in zip(jobs, results):
+    for (i, span), r in zip(jobs, by_job):
         text, tag = asr.clean_text(r.text)
         out[i].language = out[i].language or tag
         if text:

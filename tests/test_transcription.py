@@ -121,6 +121,12 @@ def test_short_speech_joins_a_close_neighbour():
     assert spans[0].end / SR == pytest.approx(3.85, abs=0.02)
 
 
+def test_segments_go_to_the_engine_longest_first():
+    spans = [asr.Span(0, 2), asr.Span(2, 7), asr.Span(9, 14), asr.Span(20, 21)]
+    assert asr.longest_first(spans) == [1, 2, 0, 3]  # ties keep file order
+    assert asr.longest_first([]) == []
+
+
 def test_fixed_windows_are_todays_30_s():
     assert [(s.start_s, s.end_s) for s in asr.split_audio(np.zeros(65 * SR), "fixed")] == [
         (0, 30),
@@ -204,6 +210,8 @@ def test_server_segments_at_pauses_and_streams_in_order(speech_file):
             model="m", file=("a.wav", data), response_format="verbose_json"
         )
         assert len(v.segments) == len(truth)
+        sizes = [len(c["messages"][0]["content"][0]["audio"][0]) for c in engine.calls]
+        assert len(set(sizes)) > 1 and sizes == sorted(sizes, reverse=True)  # longest first
         for seg, (start, end) in zip(v.segments, truth):
             assert abs(seg.start - start) <= 0.3 and abs(seg.end - end) <= 0.3
             assert seg.text.startswith(f"heard 1 audio(s) of {seg.end - seg.start:.1f} s")
@@ -345,21 +353,28 @@ def test_cli_and_server_give_the_same_text_on_the_demo_model(
 
 
 class FakeLLM:
-    """`LLM.chat` as `transcribe` uses it: records each batch, finishes the last one first."""
+    """`LLM.chat` as `transcribe` uses it: records each batch (the samples of each segment, in
+    the order submitted), finishes the last one first, answers "<n> samples."."""
 
     checkpoint = None  # chat prompts
 
     def __init__(self):
-        self.batches: list[int] = []
+        self.batches: list[list[int]] = []
 
     def chat(self, convs, params, on_done=None):
-        self.batches.append(len(convs))
+        sizes = [len(c[0]["content"][0]["audio"][0]) for c in convs]
+        self.batches.append(sizes)
         for i in reversed(range(len(convs))):
             if on_done is not None:
                 on_done(i)
         return [
-            SimpleNamespace(text=f"<|en|> segment {i}.", token_ids=[i]) for i in range(len(convs))
+            SimpleNamespace(text=f"<|en|> {n} samples.", token_ids=[i]) for i, n in enumerate(sizes)
         ]
+
+
+def samples_of(segment) -> int:
+    """The sample count a FakeLLM answer names."""
+    return int(segment.text.split()[0])
 
 
 def transcribe_args(files, **kw) -> SimpleNamespace:
@@ -379,9 +394,12 @@ def test_cli_sends_every_segment_of_every_file_at_once_with_audio_progress(
     sf.write(short, load_audio(path)[: 4 * SR], SR)  # the first sentence only
     llm, seen = FakeLLM(), []
     results = transcribe(llm, [path, str(short)], progress=lambda d, t: seen.append((d, t)))
-    assert llm.batches == [len(truth) + 1]  # one batch for both files
+    assert [len(b) for b in llm.batches] == [len(truth) + 1]  # one batch for both files
+    assert llm.batches[0] == sorted(llm.batches[0], reverse=True)  # longest first
     assert [len(r.segments) for r in results] == [len(truth), 1]
-    assert results[0].text == " ".join(f"segment {i}." for i in range(len(truth)))
+    for seg in results[0].segments + results[1].segments:  # each text back at its segment
+        assert samples_of(seg) == pytest.approx((seg.end - seg.start) * SR, abs=16)
+    assert [s.start for s in results[0].segments] == sorted(s.start for s in results[0].segments)
     total = results[0].duration + results[1].duration
     assert all(t == total for _, t in seen) and len(seen) == len(truth) + 2
     done = [d for d, _ in seen]
@@ -392,7 +410,8 @@ def test_cli_sends_every_segment_of_every_file_at_once_with_audio_progress(
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     assert transcribe_files(FakeLLM(), transcribe_args([path, str(short)])) == 0
     out, err = capsys.readouterr()
-    assert out == "# three.wav\nsegment 0. segment 1. segment 2.\n# short.wav\nsegment 3.\n"
+    three = " ".join(s.text for s in results[0].segments)
+    assert out == f"# three.wav\n{three}\n# short.wav\n{results[1].segments[0].text}\n"
     assert "100%" in err and f"{total:.1f}/{total:.1f} s of audio" in err
     assert transcribe_files(FakeLLM(), transcribe_args([path], quiet=True)) == 0
     assert capsys.readouterr().err == ""

@@ -198,7 +198,9 @@ class Job:
                 return
             queue.put_nowait(None)
 
-        tasks = [asyncio.create_task(pump(g, q)) for g, q in zip(gens, queues)]
+        # a stream's request enters the engine when its pump first reads it: longest first, as
+        # the command does (asr.longest_first); the text is still read in file order
+        tasks = [asyncio.create_task(pump(gens[i], queues[i])) for i in asr.longest_first(spans)]
         try:
             for span, queue in zip(spans, queues):
                 cleaner, parts, ids, last = TextCleaner(), [], [], None
