@@ -326,19 +326,15 @@ def test_cli_and_server_give_the_same_text_on_the_demo_model(
         assert asr.detect_style(engine.checkpoint) == "chat"
         with live_server(create_app(engine, ServerSettings(max_upload_mb=5.0))) as url:
             client = OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
-            v = client.audio.transcriptions.create(
-                model="m",
-                file=("a.wav", Path(path).read_bytes()),
-                response_format="verbose_json",
-                language=options.get("language", openai.NOT_GIVEN),
-                extra_body={k: v for k, v in options.items() if k == "segmentation"},
-            )
-            srt = client.audio.transcriptions.create(
-                model="m",
-                file=("a.wav", Path(path).read_bytes()),
-                response_format="srt",
-                language=options.get("language", openai.NOT_GIVEN),
-                extra_body={k: v for k, v in options.items() if k == "segmentation"},
+            v, srt = (
+                client.audio.transcriptions.create(
+                    model="m",
+                    file=("a.wav", Path(path).read_bytes()),
+                    response_format=response_format,
+                    language=options.get("language", openai.NOT_GIVEN),
+                    extra_body={k: v for k, v in options.items() if k == "segmentation"},
+                )
+                for response_format in ("verbose_json", "srt")
             )
     finally:
         engine.shutdown()

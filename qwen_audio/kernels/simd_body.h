@@ -235,11 +235,11 @@ inline V::F exp_nonpositive(V::F x) {
 inline void softmax(float* scores, int64_t T) {
   float top = scores[0];
   for (int64_t t = 1; t < T; t++) top = std::max(top, scores[t]);
-  const V::F shift = V::set1(top);
+  const V::F minus_top = V::set1(-top);
   V::F total = V::zero();
   int64_t t = 0;
   for (; t + V::W <= T; t += V::W) {
-    const V::F e = exp_nonpositive(V::add(V::load(scores + t), V::mul(shift, V::set1(-1.0f))));
+    const V::F e = exp_nonpositive(V::add(V::load(scores + t), minus_top));
     V::store(scores + t, e);
     total = V::add(total, e);
   }

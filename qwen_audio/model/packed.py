@@ -106,12 +106,7 @@ class PackedLinear(nn.Module):
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def _decode(self, flat: torch.Tensor) -> torch.Tensor:
-        if self.format == "bf16" and flat.dtype == torch.bfloat16 and self.isa == 3:
-            return self.kernels.linear_bf16_native(flat, self.weight)  # native bf16 dot products
-        scales = self.scales if self.scales is not None else _NO_SCALES
-        return self.kernels.linear(
-            flat.float().contiguous(), self.weight, scales, K.FORMAT_IDS[self.format], self.isa
-        )
+        return _kernel_product([self], flat)
 
     def _tiled_matmul(self, flat: torch.Tensor) -> torch.Tensor:
         compute = flat.dtype if flat.dtype in (torch.float32, torch.bfloat16) else torch.float32
@@ -143,6 +138,18 @@ class PackedLinear(nn.Module):
 _NO_SCALES = torch.empty(0, dtype=torch.float16)
 
 
+def _kernel_product(layers: list[PackedLinear], flat: torch.Tensor) -> torch.Tensor:
+    """flat (rows, in) times the weights of `layers` (one format, the same inputs), their
+    outputs side by side, through the compiled kernels; no bias."""
+    first = layers[0]
+    weights = [layer.weight for layer in layers]
+    if first.format == "bf16" and flat.dtype == torch.bfloat16 and first.isa == 3:
+        return first.kernels.linear_bf16_native_many(flat, weights)  # native bf16 dot products
+    scales = [_NO_SCALES if layer.scales is None else layer.scales for layer in layers]
+    fmt = K.FORMAT_IDS[first.format]
+    return first.kernels.linear_many(flat.float().contiguous(), weights, scales, fmt, first.isa)
+
+
 class StackedLinears:
     """PackedLinear layers of one input (q/k/v, gate/up) multiplied in one kernel call when they
     go to the kernels: the input is rounded once and the thread pool woken once, not per layer
@@ -153,8 +160,6 @@ class StackedLinears:
     def __init__(self, layers: list[PackedLinear]) -> None:
         self.layers = layers
         self.sizes = [layer.out_features for layer in layers]
-        self.weights = [layer.weight for layer in layers]
-        self.scales = [_NO_SCALES if layer.scales is None else layer.scales for layer in layers]
         biases = [layer.bias for layer in layers]
         self.bias = None
         if any(b is not None for b in biases):
@@ -186,17 +191,8 @@ class StackedLinears:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """(..., in) -> (..., sum of the layers' outputs), side by side."""
-        first = self.layers[0]
         dtype = x.dtype
-        flat = x.reshape(-1, first.in_features)
-        if first.format == "bf16" and flat.dtype == torch.bfloat16 and first.isa == 3:
-            y = first.kernels.linear_bf16_native_many(flat, self.weights)
-        else:
-            fmt = K.FORMAT_IDS[first.format]
-            y = first.kernels.linear_many(
-                flat.float().contiguous(), self.weights, self.scales, fmt, first.isa
-            )
-        y = y.to(dtype)
+        y = _kernel_product(self.layers, x.reshape(-1, self.layers[0].in_features)).to(dtype)
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*x.shape[:-1], sum(self.sizes))
