@@ -1,6 +1,6 @@
 // The ARM64 (NEON) kernels against a scalar reference, without torch: built by
 // tests/test_kernels_arm.py with an aarch64 compiler and run natively or under qemu-aarch64.
-// Exit status 0 and "ok" when every product and dequantized weight matches.
+// Exit status 0 and "ok" when every product, dequantized weight and attention output matches.
 #include <arm_neon.h>
 
 #include <cmath>
@@ -91,6 +91,57 @@ Weight make(int format, int64_t N, int64_t K, std::mt19937& rng) {
   return w;
 }
 
+// Decode attention of one query head over a sequence whose blocks are scattered in a pool of
+// float32 (dtype 2) or bf16 (dtype 0) keys/values, against double-precision attention.
+int check_attention(int dtype, std::mt19937& rng, int* checks) {
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const int64_t D = 48, block_size = 4, blocks = 6, T = 19;  // T ends inside a block
+  const int64_t table[] = {4, 1, 5, 0, 3};
+  const int elem = dtype == 2 ? 4 : 2;
+  std::vector<uint8_t> keys(blocks * block_size * D * elem), values(keys.size());
+  std::vector<double> k(blocks * block_size * D), v(k.size());
+  for (size_t i = 0; i < k.size(); i++) {
+    for (auto* plane : {&keys, &values}) {
+      float x = normal(rng);
+      if (dtype == 2) {
+        std::memcpy(plane->data() + i * 4, &x, 4);
+      } else {
+        const uint16_t b = to_bf16(x);
+        std::memcpy(plane->data() + i * 2, &b, 2);
+        uint32_t bits = static_cast<uint32_t>(b) << 16;
+        std::memcpy(&x, &bits, 4);
+      }
+      (plane == &keys ? k : v)[i] = x;
+    }
+  }
+  std::vector<float> q(D), scratch(T), out(D);
+  for (auto& x : q) x = normal(rng);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  const PagedHead kh{keys.data(), table, block_size, T, D};
+  const PagedHead vh{values.data(), table, block_size, T, D};
+  neon::attention(dtype, q.data(), kh, vh, scale, scratch.data(), out.data());
+  std::vector<double> p(T);
+  double top = -1e300, total = 0;
+  for (int64_t t = 0; t < T; t++) {
+    const double* row = k.data() + (table[t / block_size] * block_size + t % block_size) * D;
+    double s = 0;
+    for (int64_t d = 0; d < D; d++) s += q[d] * row[d];
+    p[t] = s * scale;
+    top = std::max(top, p[t]);
+  }
+  for (auto& x : p) total += (x = std::exp(x - top));
+  int failures = 0;
+  for (int64_t d = 0; d < D; d++, (*checks)++) {
+    double want = 0;
+    for (int64_t t = 0; t < T; t++)
+      want += p[t] / total * v[(table[t / block_size] * block_size + t % block_size) * D + d];
+    if (std::fabs(out[d] - want) > 1e-5) {
+      if (failures++ < 5) std::printf("attention dtype %d: out[%ld] = %g, expected %g\n", dtype, (long)d, out[d], want);
+    }
+  }
+  return failures;
+}
+
 }  // namespace
 
 int main() {
@@ -129,6 +180,7 @@ int main() {
       }
     }
   }
+  for (int dtype : {2, 0}) failures += check_attention(dtype, rng, &checks);
   if (failures) {
     std::printf("%d of %d checks failed\n", failures, checks);
     return 1;
