@@ -39,6 +39,7 @@ GROUP = 32  # weights per scale in the int8/int4 formats
 ISA_IDS = {"none": 0, "avx2": 1, "avx512": 2, "avx512_bf16": 3, "neon": 4}
 ISA_ORDER = ["none", "avx2", "avx512", "avx512_bf16"]  # x86-64, lowest first
 FORMAT_IDS = {"bf16": 0, "fp16": 1, "int8": 2, "int4": 3}
+Q4_BLOCKS8 = 4  # int4 in blocks of 8 rows (model.quant.to_row_blocks), for the AVX2 kernels
 _DIR = Path(__file__).parent
 _SOURCE = _DIR / "cpu_kernels.cpp"
 _module = None

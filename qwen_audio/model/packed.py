@@ -61,6 +61,9 @@ class PackedLinear(nn.Module):
         self.kernels = None
         self.isa = 0
         self.int_inputs_any_rows = False  # the kernels take any number of float32 rows
+        # int4 only: "rows" as stored, or "blocks8" (quant.to_row_blocks) once the kernels
+        # that multiply that layout are attached; state_dict() always gives the rows
+        self.layout = "rows"
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, format: str, bias_dtype: torch.dtype) -> PackedLinear:
@@ -80,7 +83,32 @@ class PackedLinear(nn.Module):
         self.kernels, self.isa = module, K.ISA_IDS[isa]
         fmt = K.FORMAT_IDS[self.format]
         self.int_inputs_any_rows = module.int_inputs_path(fmt, self.isa, self.in_features)
+        if (
+            self.format == "int4"
+            and self.layout == "rows"
+            and self.int_inputs_any_rows
+            and self.out_features % 8 == 0
+            and module.prefers_q4x8(self.isa)
+        ):
+            self.weight, self.scales = quant.to_row_blocks(self.weight, self.scales)
+            self.layout = "blocks8"
         return True
+
+    @property
+    def kernel_format(self) -> int:
+        """The kernels' id of this layer's weight layout."""
+        return K.Q4_BLOCKS8 if self.layout == "blocks8" else K.FORMAT_IDS[self.format]
+
+    def stored_weight(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The weight and its scales in the stored (row) layout."""
+        if self.layout == "blocks8":
+            return quant.from_row_blocks(self.weight, self.scales)
+        return self.weight, self.scales
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.layout == "blocks8":  # checkpoints keep the portable row layout
+            destination[prefix + "weight"], destination[prefix + "scales"] = self.stored_weight()
 
     def takes_kernel_rows(self, flat: torch.Tensor) -> bool:
         """Whether these (rows, in_features) inputs go to the weight-streaming kernels."""
@@ -123,6 +151,9 @@ class PackedLinear(nn.Module):
 
     def dequantized(self, n0: int, n1: int) -> torch.Tensor:
         """Output rows [n0, n1) of the weight in float32."""
+        if self.layout == "blocks8":  # autograd only (the kernels take every other case)
+            weight, scales = self.stored_weight()
+            return quant.dequantize(self.format, weight[n0:n1], scales[n0:n1])
         if self.kernels is not None:
             scales = self.scales if self.scales is not None else _NO_SCALES
             fmt = K.FORMAT_IDS[self.format]
@@ -146,7 +177,7 @@ def _kernel_product(layers: list[PackedLinear], flat: torch.Tensor) -> torch.Ten
     if first.format == "bf16" and flat.dtype == torch.bfloat16 and first.isa == 3:
         return first.kernels.linear_bf16_native_many(flat, weights)  # native bf16 dot products
     scales = [_NO_SCALES if layer.scales is None else layer.scales for layer in layers]
-    fmt = K.FORMAT_IDS[first.format]
+    fmt = first.kernel_format
     return first.kernels.linear_many(flat.float().contiguous(), weights, scales, fmt, first.isa)
 
 
@@ -173,17 +204,16 @@ class StackedLinears:
         first = layers[0]
         if not all(isinstance(layer, PackedLinear) for layer in layers) or first.kernels is None:
             return None
-        alike = all(
-            (layer.format, layer.in_features, layer.isa, layer.kernels, layer.int_inputs_any_rows)
-            == (
-                first.format,
-                first.in_features,
-                first.isa,
-                first.kernels,
-                first.int_inputs_any_rows,
+        def kind(layer: PackedLinear) -> tuple:
+            return (
+                layer.kernel_format,
+                layer.in_features,
+                layer.isa,
+                layer.kernels,
+                layer.int_inputs_any_rows,
             )
-            for layer in layers
-        )
+
+        alike = all(kind(layer) == kind(first) for layer in layers)
         return cls(layers) if alike else None
 
     def applies(self, x: torch.Tensor) -> bool:
