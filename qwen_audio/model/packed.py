@@ -204,6 +204,7 @@ class StackedLinears:
         first = layers[0]
         if not all(isinstance(layer, PackedLinear) for layer in layers) or first.kernels is None:
             return None
+
         def kind(layer: PackedLinear) -> tuple:
             return (
                 layer.kernel_format,
