@@ -157,6 +157,12 @@ def load_model(
             lambda name, m: empty_packed(m, layouts[name], compute) if name in layouts else None,
         )
     as_stored = {f"{n}.{t}" for n in packed for t in ("weight", "scales")}
+    # int4 weights may be repacked for the kernels (PackedLinear.use_kernels): read them into
+    # memory, so the file pages of the stored layout never count beside the repacked copy
+    # (mapped, the 7B int4 peaked at 10.1 GiB instead of ~5.5)
+    read_in = {
+        f"{n}.{t}" for n, fmt in packed.items() if fmt == "int4" for t in ("weight", "scales")
+    }
     to_quantize = {f"{n}.weight": fmt for n, fmt in quantize.items()}
     wide = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     wide.add(EMBEDDING)
@@ -194,7 +200,11 @@ def load_model(
                     if key not in expected:
                         unexpected.append(key)
                         continue
-                    tensor = st.get_tensor(key)  # memory-mapped, not read yet
+                    if key in read_in:
+                        entry, data_start = _entry(f, key)
+                        tensor = _read_rows(f, entry, data_start, (0, entry["shape"][0]))
+                    else:
+                        tensor = st.get_tensor(key)  # memory-mapped, not read yet
                     want = expected[key].shape
                     if tensor.shape != want:
                         raise CheckpointError(
@@ -257,7 +267,13 @@ def _return_freed_memory() -> None:
         trim(0)
 
 
-_NUMPY_DTYPES = {"F32": (np.float32, None), "F16": (np.float16, None), "BF16": (np.uint16, "bf16")}
+_NUMPY_DTYPES = {
+    "F32": (np.float32, None),
+    "F16": (np.float16, None),
+    "BF16": (np.uint16, "bf16"),
+    "U8": (np.uint8, None),
+    "I8": (np.int8, None),
+}
 
 
 EMBEDDING = "language_model.model.embed_tokens.weight"
@@ -287,12 +303,21 @@ def _read_ahead(path: Path, key: str) -> None:
 
 def _entry(path: Path, key: str) -> tuple[dict, int]:
     """A tensor's safetensors header entry and where the file's data starts."""
+    stat = path.stat()
+    header, data_start = _header(str(path), stat.st_mtime_ns, stat.st_size)
+    entry = header[key]
+    if entry["dtype"] not in _NUMPY_DTYPES:
+        raise CheckpointError(f"{path.name}: {key} is {entry['dtype']}, not a weight we read")
+    return entry, data_start
+
+
+@functools.lru_cache(maxsize=4)
+def _header(path: str, mtime_ns: int, size: int) -> tuple[dict, int]:
+    """A safetensors file's parsed header (read once per file version, not once per tensor:
+    a 7B int4 file's 450 packed tensors parsed it for 1.2 s) and where its data starts."""
     with open(path, "rb") as fh:
         header_len = int.from_bytes(fh.read(8), "little")
-        entry = json.loads(fh.read(header_len))[key]
-    if entry["dtype"] not in _NUMPY_DTYPES:
-        raise CheckpointError(f"{path.name}: {key} is {entry['dtype']}, not a float weight")
-    return entry, 8 + header_len
+        return json.loads(fh.read(header_len)), 8 + header_len
 
 
 def _read_rows(path: Path, entry: dict, data_start: int, rows: tuple[int, int]) -> torch.Tensor:
