@@ -785,41 +785,192 @@ std::vector<int64_t> compiled_isas() {
 
 namespace {
 
-// One row range of `quantize`: exactly model/quant.py's arithmetic (float32 division, round half
-// to even, the scale rounded to fp16 before it is used), so both give the same bytes.
+// model/quant.py's INT4_DIVISORS, in its order: the first is Q4_0's
+constexpr float kInt4Divisors[] = {-8.0f, -9.0f, -8.75f, -8.5f, -8.25f, -7.75f, -7.25f, -7.0f};
+constexpr int kInt4Candidates = sizeof(kInt4Divisors) / sizeof(kInt4Divisors[0]);
+
+// The pairwise sum of 8 lanes: ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)).
+inline double lanes_total(const double* lanes) {
+  return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) +
+         ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+}
+
+// Levels in [-8, 7] of one group under a scale, and their squared error summed in float64 in
+// quant.py's order (8 lanes, j % 8, j rising, then pairwise), so the same candidate wins in both.
+// Written 8 lanes at a time, so compilers vectorize it (NEON's frinti rounds as nearbyint).
+// Fused multiply-adds, where the compiler forms them, change no bit: level * scale is exact in
+// float32 (4 bits times fp16's 11), and a float32 difference squares exactly in float64.
+inline double int4_levels(const float* g, float scale, float* levels) {
+  const float inv = scale != 0.0f ? 1.0f / scale : 0.0f;
+  double lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (int i = 0; i < kGroup; i += 8) {
+    float d[8];
+    for (int l = 0; l < 8; l++) {
+      float v = std::nearbyint(g[i + l] * inv);  // half to even, as torch.round
+      v = v < -8.0f ? -8.0f : v;
+      v = v > 7.0f ? 7.0f : v;
+      levels[i + l] = v;
+      d[l] = g[i + l] - v * scale;
+    }
+    for (int l = 0; l < 8; l++) lanes[l] += static_cast<double>(d[l]) * d[l];
+  }
+  return lanes_total(lanes);
+}
+
+// The group's first weight of the largest magnitude, signed (torch's argmax picks the first).
+inline float group_extreme(const float* g) {
+  float extreme = g[0], amax = std::fabs(g[0]);
+  for (int j = 1; j < kGroup; j++) {
+    if (std::fabs(g[j]) > amax) {
+      amax = std::fabs(g[j]);
+      extreme = g[j];
+    }
+  }
+  return extreme;
+}
+
+// One int4 group: the scale among extreme / kInt4Divisors with the least squared error (strictly
+// less: ties keep the earlier), as model/quant.py's quantize_int4.
+void quantize_int4_group(const float* g, uint8_t* row, c10::Half* scale16) {
+  const float extreme = group_extreme(g);
+  float levels[kGroup];
+  c10::Half scales[kInt4Candidates];
+  int best = 0;
+  double best_err = 0.0;
+  for (int c = 0; c < kInt4Candidates; c++) {
+    scales[c] = c10::Half(extreme / kInt4Divisors[c]);  // rounded first: the levels use it
+    const double err = int4_levels(g, static_cast<float>(scales[c]), levels);
+    best = c == 0 || err < best_err ? c : best;  // strictly less: ties keep the earlier
+    best_err = c == 0 ? err : std::min(err, best_err);
+  }
+  int4_levels(g, static_cast<float>(scales[best]), levels);
+  *scale16 = scales[best];
+  for (int j = 0; j < kGroup / 2; j++) {
+    const int lo = static_cast<int>(levels[j]) + 8;
+    const int hi = static_cast<int>(levels[j + 16]) + 8;
+    row[j] = static_cast<uint8_t>(lo | (hi << 4));
+  }
+}
+
+}  // namespace
+
+#if defined(QWEN_AUDIO_X86)
+#pragma GCC push_options
+#pragma GCC target("avx2,f16c")
+namespace avx2 {
+// quantize_int4_group, 8 weights a vector: the same extreme (the first lane equal to the
+// largest magnitude), the same fp16 scales (F16C rounds to nearest even, as c10::Half), the
+// same levels and the same float64 error (its 8 lanes are the two 4-double accumulators).
+// The 8 candidate scales and their reciprocals are one vector each.
+static_assert(kInt4Candidates == 8, "one vector of candidate scales");
+
+// Levels of 32 weights (4 vectors) under one scale, and the 8 lanes of their squared error.
+inline double int4_levels(const __m256* x, __m256 s, __m256 inv, __m256* v) {
+  constexpr int kEven = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;  // as nearbyint
+  const __m256 lo = _mm256_set1_ps(-8.0f), hi = _mm256_set1_ps(7.0f);
+  __m256d acc0 = _mm256_setzero_pd(), acc1 = _mm256_setzero_pd();
+  for (int i = 0; i < 4; i++) {
+    v[i] = _mm256_min_ps(hi, _mm256_max_ps(lo, _mm256_round_ps(_mm256_mul_ps(x[i], inv), kEven)));
+    const __m256 d = _mm256_sub_ps(x[i], _mm256_mul_ps(v[i], s));
+    const __m256d d0 = _mm256_cvtps_pd(_mm256_castps256_ps128(d));
+    const __m256d d1 = _mm256_cvtps_pd(_mm256_extractf128_ps(d, 1));
+    acc0 = _mm256_add_pd(acc0, _mm256_mul_pd(d0, d0));
+    acc1 = _mm256_add_pd(acc1, _mm256_mul_pd(d1, d1));
+  }
+  double lanes[8];
+  _mm256_storeu_pd(lanes, acc0);
+  _mm256_storeu_pd(lanes + 4, acc1);
+  return lanes_total(lanes);
+}
+
+void quantize_int4_group(const float* g, uint8_t* row, c10::Half* scale16) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  __m256 x[4], mag[4];
+  for (int i = 0; i < 4; i++) {
+    x[i] = _mm256_loadu_ps(g + 8 * i);
+    mag[i] = _mm256_andnot_ps(sign, x[i]);
+  }
+  __m256 m = _mm256_max_ps(_mm256_max_ps(mag[0], mag[1]), _mm256_max_ps(mag[2], mag[3]));
+  __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+  h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_max_ss(h, _mm_shuffle_ps(h, h, 1));
+  const __m256 amax = _mm256_set1_ps(_mm_cvtss_f32(h));
+  uint32_t at = 0;
+  for (int i = 0; i < 4; i++) {
+    const auto eq = _mm256_movemask_ps(_mm256_cmp_ps(mag[i], amax, _CMP_EQ_OQ));
+    at |= static_cast<uint32_t>(eq) << (8 * i);
+  }
+  const float extreme = g[at != 0 ? __builtin_ctz(at) : 0];
+
+  constexpr int kEven = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+  const __m128i bits = _mm256_cvtps_ph(
+      _mm256_div_ps(_mm256_set1_ps(extreme), _mm256_loadu_ps(kInt4Divisors)), kEven);
+  const __m256 scale = _mm256_cvtph_ps(bits);
+  const __m256 nonzero = _mm256_cmp_ps(scale, _mm256_setzero_ps(), _CMP_NEQ_UQ);
+  const __m256 inv = _mm256_and_ps(nonzero, _mm256_div_ps(_mm256_set1_ps(1.0f), scale));
+  alignas(32) float scales[8], invs[8];
+  alignas(16) uint16_t scale_bits[8];
+  _mm256_store_ps(scales, scale);
+  _mm256_store_ps(invs, inv);
+  _mm_store_si128(reinterpret_cast<__m128i*>(scale_bits), bits);
+  __m256 v[4];
+  int best = 0;
+  double best_err = int4_levels(x, _mm256_set1_ps(scales[0]), _mm256_set1_ps(invs[0]), v);
+  for (int c = 1; c < kInt4Candidates; c++) {
+    const double err = int4_levels(x, _mm256_set1_ps(scales[c]), _mm256_set1_ps(invs[c]), v);
+    best = err < best_err ? c : best;  // strictly less: ties keep the earlier
+    best_err = std::min(err, best_err);
+  }
+  int4_levels(x, _mm256_set1_ps(scales[best]), _mm256_set1_ps(invs[best]), v);
+  *scale16 = c10::Half(scale_bits[best], c10::Half::from_bits());
+  // byte j: weight j's nibble low, weight j + 16's high (vectors 0, 1 low; 2, 3 high)
+  const __m256 eight = _mm256_set1_ps(8.0f);
+  __m256i nib[4];
+  for (int i = 0; i < 4; i++) nib[i] = _mm256_cvtps_epi32(_mm256_add_ps(v[i], eight));
+  const __m256i a = _mm256_or_si256(nib[0], _mm256_slli_epi32(nib[2], 4));  // bytes 0-7
+  const __m256i b = _mm256_or_si256(nib[1], _mm256_slli_epi32(nib[3], 4));  // bytes 8-15
+  const __m128i a16 = _mm_packus_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
+  const __m128i b16 = _mm_packus_epi32(_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(row), _mm_packus_epi16(a16, b16));
+}
+}  // namespace avx2
+#pragma GCC pop_options
+#endif
+
+namespace {
+
+// One row range of `quantize`: exactly model/quant.py's arithmetic (float32 division for int8,
+// the reciprocal's product for int4, round half to even, the scale rounded to fp16 before it is
+// used), so both give the same bytes.
 template <typename T>
-void quantize_rows(const T* w, int64_t K, int64_t n0, int64_t n1, bool int4, uint8_t* q,
+void quantize_rows(const T* w, int64_t K, int64_t n0, int64_t n1, bool int4, bool avx2, uint8_t* q,
                    c10::Half* scales) {
   const int64_t groups = K / kGroup;
   float g[kGroup];
   for (int64_t n = n0; n < n1; n++) {
     for (int64_t gi = 0; gi < groups; gi++) {
       const T* src = w + n * K + gi * kGroup;
-      float extreme = 0.0f, amax = 0.0f;
-      for (int j = 0; j < kGroup; j++) {
-        g[j] = static_cast<float>(src[j]);
-        if (std::fabs(g[j]) > amax) {  // strict: the first of equal magnitudes, as argmax
-          amax = std::fabs(g[j]);
-          extreme = g[j];
-        }
-      }
-      const c10::Half scale16(int4 ? extreme / -8.0f : amax / 127.0f);
-      const float scale = static_cast<float>(scale16);
-      scales[n * groups + gi] = scale16;
+      for (int j = 0; j < kGroup; j++) g[j] = static_cast<float>(src[j]);
       if (int4) {
         uint8_t* row = q + n * (K / 2) + gi * (kGroup / 2);
-        int nib[kGroup];
-        for (int j = 0; j < kGroup; j++) {
-          const float v = scale != 0.0f ? std::nearbyint(g[j] / scale) + 8.0f : 8.0f;
-          nib[j] = static_cast<int>(std::min(15.0f, std::max(0.0f, v)));
+#if defined(QWEN_AUDIO_X86)
+        if (avx2) {
+          avx2::quantize_int4_group(g, row, scales + n * groups + gi);
+          continue;
         }
-        for (int j = 0; j < kGroup / 2; j++) row[j] = static_cast<uint8_t>(nib[j] | (nib[j + 16] << 4));
-      } else {
-        auto* row = reinterpret_cast<int8_t*>(q) + n * K + gi * kGroup;
-        for (int j = 0; j < kGroup; j++) {
-          const float v = scale > 0.0f ? std::nearbyint(g[j] / scale) : 0.0f;
-          row[j] = static_cast<int8_t>(std::min(127.0f, std::max(-127.0f, v)));
-        }
+#endif
+        quantize_int4_group(g, row, scales + n * groups + gi);
+        continue;
+      }
+      float amax = 0.0f;
+      for (int j = 0; j < kGroup; j++) amax = std::max(amax, std::fabs(g[j]));
+      const c10::Half scale16(amax / 127.0f);
+      const float scale = static_cast<float>(scale16);
+      scales[n * groups + gi] = scale16;
+      auto* row = reinterpret_cast<int8_t*>(q) + n * K + gi * kGroup;
+      for (int j = 0; j < kGroup; j++) {
+        const float v = scale > 0.0f ? std::nearbyint(g[j] / scale) : 0.0f;
+        row[j] = static_cast<int8_t>(std::min(127.0f, std::max(-127.0f, v)));
       }
     }
   }
@@ -828,12 +979,17 @@ void quantize_rows(const T* w, int64_t K, int64_t n0, int64_t n1, bool int4, uin
 }  // namespace
 
 // (N, K) float weight -> packed (int8 (N, K) or int4 (N, K/2)) and fp16 scales (N, K/32).
-std::vector<torch::Tensor> quantize(const torch::Tensor& w, int64_t format) {
+// `isa` only picks how the int4 scale search runs (AVX2 or plain C++): the bytes are the same.
+std::vector<torch::Tensor> quantize(const torch::Tensor& w, int64_t format, int64_t isa) {
   TORCH_CHECK(format == kQ8 || format == kQ4, "quantize: format must be int8 or int4");
   TORCH_CHECK(w.dim() == 2 && w.size(1) % kGroup == 0, "quantize: (N, K) with K % 32 == 0");
   const auto wc = w.contiguous();
   const int64_t N = wc.size(0), K = wc.size(1);
   const bool int4 = format == kQ4;
+  const bool avx2 = isa == kAvx2 || isa == kAvx512 || isa == kAvx512Bf16;
+#if !defined(QWEN_AUDIO_X86)
+  TORCH_CHECK(!avx2, "quantize: AVX2 exists only on x86-64");
+#endif
   auto q = torch::empty({N, int4 ? K / 2 : K}, torch::dtype(int4 ? torch::kByte : torch::kChar));
   auto scales = torch::empty({N, K / kGroup}, torch::dtype(torch::kHalf));
   auto* qp = reinterpret_cast<uint8_t*>(q.data_ptr());
@@ -841,9 +997,11 @@ std::vector<torch::Tensor> quantize(const torch::Tensor& w, int64_t format) {
   at::parallel_for(0, N, 64, [&](int64_t n0, int64_t n1) {
     switch (wc.scalar_type()) {
       case torch::kBFloat16:
-        return quantize_rows(wc.data_ptr<c10::BFloat16>(), K, n0, n1, int4, qp, sp);
-      case torch::kHalf: return quantize_rows(wc.data_ptr<c10::Half>(), K, n0, n1, int4, qp, sp);
-      case torch::kFloat: return quantize_rows(wc.data_ptr<float>(), K, n0, n1, int4, qp, sp);
+        return quantize_rows(wc.data_ptr<c10::BFloat16>(), K, n0, n1, int4, avx2, qp, sp);
+      case torch::kHalf:
+        return quantize_rows(wc.data_ptr<c10::Half>(), K, n0, n1, int4, avx2, qp, sp);
+      case torch::kFloat:
+        return quantize_rows(wc.data_ptr<float>(), K, n0, n1, int4, avx2, qp, sp);
       default: TORCH_CHECK(false, "quantize: bf16, fp16 or float32 weights");
     }
   });

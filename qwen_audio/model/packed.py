@@ -28,9 +28,11 @@ def quantize_in_chunks(format: str, w: torch.Tensor) -> tuple[torch.Tensor, torc
     float32 at once."""
     module = K.load_kernels() if w.device.type == "cpu" else None
     if module is not None and w.shape[1] % quant.GROUP == 0:
-        q, s = module.quantize(w, K.FORMAT_IDS[format])
+        q, s = module.quantize(w, K.FORMAT_IDS[format], K.ISA_IDS[K.selected_isa()])
         return q, s
-    rows = max(1, QUANTIZE_CHUNK_FLOATS // w.shape[1])
+    # int4's scale search holds float64 errors of every candidate's levels: a quarter the rows
+    floats = QUANTIZE_CHUNK_FLOATS // (4 if format == "int4" else 1)
+    rows = max(1, floats // w.shape[1])
     parts = [quant.quantize(format, w[i : i + rows]) for i in range(0, w.shape[0], rows)]
     if len(parts) == 1:
         return parts[0]

@@ -29,21 +29,59 @@ def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q.to(torch.int8).reshape(N, K), scale
 
 
+# Each group's scale: the candidate with the least squared error, over the group's extreme
+# divided by these (the first one is Q4_0's: the extreme becomes -8 exactly). Beyond -8 the
+# extreme clamps to -8 but the other weights get finer steps; short of it the extreme rounds
+# toward -7 and the far side keeps more range. Ties keep the earlier candidate.
+INT4_DIVISORS = (-8.0, -9.0, -8.75, -8.5, -8.25, -7.75, -7.25, -7.0)
+
+
+def _int4_levels(g: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Levels in [-8, 7] of float32 groups (..., 32) under fp16 scales (..., 1): round half to
+    even of g times the scale's float32 reciprocal (0 where the scale is 0)."""
+    s = scale.float()
+    inv = torch.where(s != 0, 1.0 / torch.where(s != 0, s, 1.0), 0.0)
+    return torch.round(g * inv).clamp(-8, 7)
+
+
+def _squared_error(g: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Sum over each group (..., 32) of (g - level * scale)^2, in float64, in a fixed order that
+    the C++ quantizer repeats, so both pick the same candidate: the float32 differences (level *
+    scale is exact in float32) squared exactly in float64, added in 8 lanes (lane j % 8, j rising)
+    and the lanes pairwise."""
+    d = (g - levels * scale.float()).double()
+    sq = (d * d).reshape(*d.shape[:-1], GROUP // 8, 8)  # (..., 4, 8)
+    lanes = sq[..., 0, :]
+    for i in range(1, GROUP // 8):
+        lanes = lanes + sq[..., i, :]
+    while lanes.shape[-1] > 1:  # ((l0+l1)+(l2+l3))+((l4+l5)+(l6+l7))
+        lanes = lanes[..., 0::2] + lanes[..., 1::2]
+    return lanes[..., 0]
+
+
 def quantize_int4(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, K) weight -> packed uint8 (N, K/2) and fp16 scales (N, K/32).
 
-    As Q4_0: the scale maps the group's largest-magnitude weight to -8 exactly, so that extreme
-    is represented without error and the other side keeps 7 steps.
+    Q4_0's layout, with each group's scale chosen for the least squared error among
+    `INT4_DIVISORS` (Q4_0's own, the extreme mapped to -8, among them): on Gaussian weights the
+    RMS error drops ~5% below Q4_0's.
     """
     N, K = w.shape
     g = w.detach().float().reshape(N, K // GROUP, GROUP)
     extreme = g.gather(-1, g.abs().argmax(dim=-1, keepdim=True))  # (N, G, 1), signed
-    scale = (extreme / -8.0).to(torch.float16)
-    s = scale.float()
-    nib = torch.where(s != 0, torch.round(g / torch.where(s != 0, s, 1.0)) + 8, 8.0)
-    nib = nib.clamp(0, 15).to(torch.uint8)  # (N, G, 32)
+    best_scale, best_err = None, None
+    for divisor in INT4_DIVISORS:
+        scale = (extreme / divisor).to(torch.float16)  # rounded first: the levels use it as stored
+        err = _squared_error(g, _int4_levels(g, scale), scale)  # (N, G)
+        if best_scale is None:
+            best_scale, best_err = scale, err
+        else:
+            better = err < best_err
+            best_scale = torch.where(better[..., None], scale, best_scale)
+            best_err = torch.where(better, err, best_err)
+    nib = (_int4_levels(g, best_scale) + 8).to(torch.uint8)  # (N, G, 32)
     packed = nib[..., : GROUP // 2] | (nib[..., GROUP // 2 :] << 4)  # (N, G, 16)
-    return packed.reshape(N, K // 2), scale.reshape(N, K // GROUP)
+    return packed.reshape(N, K // 2), best_scale.reshape(N, K // GROUP)
 
 
 def to_row_blocks(q: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
