@@ -69,7 +69,7 @@ def assert_products_close(
 
 def rounds_inputs(isa: str, fmt: str) -> bool:
     """x86-64 multiplies int8/int4 weights by int8-rounded inputs (NEON widens to float32)."""
-    return isa in ("avx2", "avx512", "avx512_bf16") and fmt in ("int8", "int4")
+    return isa in ("avx2", "avx2_vnni", "avx512", "avx512_bf16") and fmt in ("int8", "int4")
 
 
 @needs_kernels
@@ -209,6 +209,19 @@ def test_int4_row_blocks_kernel_equals_pytorch(isa, rows):
 
 
 @needs_kernels
+@pytest.mark.skipif("avx2_vnni" not in ISAS, reason="needs a CPU with AVX-VNNI")
+@pytest.mark.parametrize("rows", [1, 3, 6, 20])
+def test_int4_row_blocks_with_avx_vnni_give_the_avx2_bits(rows):
+    """The integer sums are exact with either instruction, so the float results are the same."""
+    p = packed("int4", 64, 352, seed=rows)
+    blocks, scales = quant.to_row_blocks(p.weight, p.scales)
+    x = torch.randn(rows, 352) * 3
+    plain = module.linear(x, blocks, scales, K.Q4_BLOCKS8, _isa("avx2"))
+    vnni = module.linear(x, blocks, scales, K.Q4_BLOCKS8, _isa("avx2_vnni"))
+    assert torch.equal(plain, vnni)
+
+
+@needs_kernels
 def test_int4_row_blocks_reject_what_they_cannot_take():
     p = packed("int4", 12, 64, seed=1)  # 12 rows: not whole blocks of 8
     with pytest.raises(RuntimeError, match="multiple of 8"):
@@ -321,6 +334,7 @@ def test_tiles_cover_every_output_row(monkeypatch):
     ("machine", "flags", "expected"),
     [
         ("x86_64", {"avx2", "fma", "f16c"}, "avx2"),
+        ("x86_64", {"avx2", "fma", "f16c", "avx_vnni"}, "avx2_vnni"),  # Alder Lake and later
         ("x86_64", {"avx2", "fma"}, "none"),  # no F16C
         (
             "x86_64",
@@ -352,6 +366,11 @@ def test_environment_forces_a_lower_instruction_set(monkeypatch):
     ]:
         monkeypatch.setenv("QWEN_AUDIO_ISA", forced)
         assert K.selected_isa() == got
+    monkeypatch.setattr(K, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})  # no AVX-VNNI
+    monkeypatch.setenv("QWEN_AUDIO_ISA", "avx2_vnni")
+    assert K.selected_isa() == "avx2"  # as Zen 4: AVX-512 VNNI, but not the 256-bit one
+    monkeypatch.setattr(K, "cpu_flags", lambda: {"avx512f", "avx512_bf16", "avx_vnni"})
+    assert K.selected_isa() == "avx2_vnni"
     monkeypatch.setattr(K, "detected_isa", lambda: "avx2")
     monkeypatch.setenv("QWEN_AUDIO_ISA", "avx512")  # never raised above what the CPU has
     assert K.selected_isa() == "avx2"

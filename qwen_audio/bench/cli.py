@@ -118,6 +118,7 @@ def describe_machine() -> str:
         "avx2",
         "fma",
         "f16c",
+        "avx_vnni",
         "avx512f",
         "avx512bw",
         "avx512_vnni",
@@ -149,6 +150,7 @@ def llama_cpp_files(args, methods: list[str]) -> dict[str, object]:
 
     import torch
 
+    from ..loading import read_packed_layout
     from . import llama_cpp
 
     quantize = llama_cpp.find_tool("llama-quantize", args.llama_cpp)
@@ -158,18 +160,28 @@ def llama_cpp_files(args, methods: list[str]) -> dict[str, object]:
     folder = Path(args.gguf_dir or Path(os.environ.get("TMPDIR", "/tmp")) / f"{model.name}-gguf")
     folder.mkdir(parents=True, exist_ok=True)
     bf16 = folder / "model-bf16.gguf"
-    if not bf16.exists():
+    wanted = args.llama_cpp_formats.split(",")
+    quantized = {
+        qtype: folder / f"model-{qtype}.gguf"
+        for method, qtype in (("int8", "q8_0"), ("int4", "q4_0"))
+        if method in methods and qtype in wanted
+    }
+    # the bf16 file is written only when it is run or a quantized file must be made from it
+    needs_bf16 = "bf16" in wanted or not all(f.exists() for f in quantized.values())
+    if needs_bf16 and not bf16.exists():
+        if read_packed_layout(model):
+            raise RuntimeError(
+                f"{model} is quantized: write llama.cpp's files from the unquantized checkpoint "
+                f"(or put model-q8_0.gguf / model-q4_0.gguf in {folder})"
+            )
         print(f"writing {bf16} ...", file=sys.stderr, flush=True)
         llama_cpp.write_gguf(model, bf16)
-    wanted = args.llama_cpp_formats.split(",")
     files = {"llama.cpp bf16": bf16} if "bf16" in wanted else {}
-    for method, qtype in (("int8", "q8_0"), ("int4", "q4_0")):
-        if method in methods and qtype in wanted:
-            out = folder / f"model-{qtype}.gguf"
-            if not out.exists():
-                print(f"quantizing {out} ...", file=sys.stderr, flush=True)
-                llama_cpp.quantize(quantize, bf16, out, qtype, torch.get_num_threads())
-            files[f"llama.cpp {qtype}"] = out
+    for qtype, out in quantized.items():
+        if not out.exists():
+            print(f"quantizing {out} ...", file=sys.stderr, flush=True)
+            llama_cpp.quantize(quantize, bf16, out, qtype, torch.get_num_threads())
+        files[f"llama.cpp {qtype}"] = out
     return files
 
 

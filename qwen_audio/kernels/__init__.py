@@ -7,7 +7,7 @@ turns row ranges into float32 tiles for the prefill GEMM, and attends decode tok
 engine's paged KV pool. One
 build holds every instruction set (AVX2+FMA+F16C, AVX-512, AVX512-BF16 on x86-64; NEON on
 ARM64); the best one the CPU has is used, or a lower one named by `QWEN_AUDIO_ISA` (avx2,
-avx512, avx512_bf16, neon, none), so the AVX2 path is tested on AVX-512 machines too.
+avx2_vnni, avx512, avx512_bf16, neon, none), so the AVX2 path is tested on AVX-512 machines too.
 
 The build uses the system C++ compiler through `torch.utils.cpp_extension` the first time a
 model is loaded (about a minute, once; cached under ~/.cache/qwen_audio). Without a compiler, on
@@ -36,8 +36,11 @@ log = logging.getLogger(__name__)
 
 MAX_ROWS = 16  # the decode kernels take up to 16 rows; more rows go to the tiled GEMM
 GROUP = 32  # weights per scale in the int8/int4 formats
-ISA_IDS = {"none": 0, "avx2": 1, "avx512": 2, "avx512_bf16": 3, "neon": 4}
-ISA_ORDER = ["none", "avx2", "avx512", "avx512_bf16"]  # x86-64, lowest first
+ISA_IDS = {"none": 0, "avx2": 1, "avx512": 2, "avx512_bf16": 3, "neon": 4, "avx2_vnni": 5}
+ISA_ORDER = ["none", "avx2", "avx2_vnni", "avx512", "avx512_bf16"]  # x86-64, lowest first
+# avx2_vnni: AVX2 plus AVX-VNNI (Alder Lake and later, Zen 5), used for int4 products; AVX-512
+# CPUs use their own VNNI instead, and many of them (Zen 4, Ice Lake) lack the 256-bit one
+NEEDS_FLAG = {"avx2_vnni": "avx_vnni"}
 FORMAT_IDS = {"bf16": 0, "fp16": 1, "int8": 2, "int4": 3}
 Q4_BLOCKS8 = 4  # int4 in blocks of 8 rows (model.quant.to_row_blocks), for the AVX2 kernels
 _DIR = Path(__file__).parent
@@ -72,7 +75,7 @@ def detected_isa() -> str:
     if not {"avx2", "fma", "f16c"} <= flags:
         return "none"
     if not {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags:
-        return "avx2"
+        return "avx2_vnni" if "avx_vnni" in flags else "avx2"
     return "avx512_bf16" if "avx512_bf16" in flags else "avx512"
 
 
@@ -88,6 +91,8 @@ def selected_isa() -> str:
         return "none"
     if best == "neon" or forced == "neon":
         return best if forced == best else "none"
+    if forced in NEEDS_FLAG and NEEDS_FLAG[forced] not in cpu_flags():
+        forced = "avx2"  # an AVX-512 CPU without AVX-VNNI: the plain AVX2 kernels
     return forced if ISA_ORDER.index(forced) <= ISA_ORDER.index(best) else best
 
 
@@ -96,7 +101,9 @@ def usable_isas() -> list[str]:
     best = detected_isa()
     if best in ("none", "neon"):
         return [] if best == "none" else ["neon"]
-    return ISA_ORDER[1 : ISA_ORDER.index(best) + 1]
+    flags = cpu_flags()
+    lower = ISA_ORDER[1 : ISA_ORDER.index(best) + 1]
+    return [isa for isa in lower if isa not in NEEDS_FLAG or NEEDS_FLAG[isa] in flags]
 
 
 def _sources_hash() -> str:

@@ -23,7 +23,9 @@
 
 namespace {
 
-enum Isa { kNone = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3, kNeon = 4 };
+// kAvx2Vnni: AVX2 with AVX-VNNI (Alder Lake and later, Zen 5), the AVX2 kernels but for int4
+// blocks; ids as kernels/__init__.py's ISA_IDS
+enum Isa { kNone = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3, kNeon = 4, kAvx2Vnni = 5 };
 
 using GemvFn = void (*)(int, const void*, const uint16_t*, const float*, int64_t, int64_t, float*,
                         int64_t, int64_t, int64_t);
@@ -203,88 +205,24 @@ void gemv_quantized_inputs(int format, const void* w, const uint16_t* s, const Q
   int_gemv<false>(bytes, s, x, M, K, y, N, n0, n1);
 }
 
-// int4 weights repacked in blocks of 8 output rows (kQ4x8; llama.cpp repacks Q4_0 likewise on
-// these CPUs). In a block, group g's 8 x 16 bytes are 4 runs of 32 bytes, run j holding bytes
-// 4j..4j+3 of rows 0..7 in turn (their weights 4j..4j+3 in the low nibbles, 16+4j..16+4j+3 in
-// the high ones); the block's scales follow the same order, 8 per group. Each 32-bit lane of a
-// run belongs to one output row, so its 4 inputs are one broadcast word, a group's products
-// add up in 16-bit lanes (8 of at most 2 x 15 x 127: no overflow), and a group costs one
-// conversion and one FMA for 8 outputs, where the row layout pays them for every output: 2x the
-// row kernel's prefill rate on 2 AVX2 cores, 2.5x with 4 input rows, and with the read-ahead
-// below a faster read than the row layout's when decoding one row. The zero
-// point is subtracted in integers, so a row's float sums are one FMA per group in group order
-// whatever the number of input rows (batched == single).
-inline __m256i broadcast_word(const int8_t* p) {
-  int32_t word;
-  std::memcpy(&word, p, sizeof(word));
-  return _mm256_set1_epi32(word);
-}
-
-// Groups read ahead of use: 4 KB. Without it decoding (one input row) read ~10% slower than the
-// row layout; with it, 5-20% faster on the 2-core VM (16 groups: even; 64: +3-8%).
-constexpr int64_t kQ4x8Ahead = 32;
-
-template <int MR>
-void q4x8_block(const uint8_t* block, const uint16_t* scales, const QuantizedRows& x, int64_t K,
-                float* y, int64_t ldy) {
-  const int64_t groups = K / kGroup;
-  const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
-  __m256 acc[MR];
-  for (int m = 0; m < MR; m++) acc[m] = _mm256_setzero_ps();
-  for (int64_t g = 0; g < groups; g++) {
-    _mm_prefetch((const char*)(block + (g + kQ4x8Ahead) * 128), _MM_HINT_T0);
-    _mm_prefetch((const char*)(block + (g + kQ4x8Ahead) * 128 + 64), _MM_HINT_T0);
-    __m256i w[8];  // w[2j]: weights 4j..4j+3 of the 8 rows; w[2j + 1]: 16+4j..16+4j+3
-    for (int j = 0; j < 4; j++) {
-      const __m256i run = _mm256_loadu_si256((const __m256i*)(block + g * 128 + j * 32));
-      w[2 * j] = _mm256_and_si256(run, low);
-      w[2 * j + 1] = _mm256_and_si256(_mm256_srli_epi16(run, 4), low);
-    }
-    const __m256 wscale = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(scales + g * 8)));
-    for (int m = 0; m < MR; m++) {
-      const int8_t* xg = x.q + m * K + g * kGroup;
-      __m256i sum = _mm256_setzero_si256();
-      for (int j = 0; j < 4; j++) {
-        sum = _mm256_add_epi16(sum, _mm256_maddubs_epi16(w[2 * j], broadcast_word(xg + 4 * j)));
-        sum = _mm256_add_epi16(sum,
-                               _mm256_maddubs_epi16(w[2 * j + 1], broadcast_word(xg + 16 + 4 * j)));
-      }
-      const __m256i dot = _mm256_sub_epi32(_mm256_madd_epi16(sum, ones),
-                                           _mm256_set1_epi32(x.zero[m * groups + g]));
-      const __m256 scale = _mm256_mul_ps(wscale, _mm256_broadcast_ss(x.d + m * groups + g));
-      acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[m]);
-    }
-  }
-  for (int m = 0; m < MR; m++) _mm256_storeu_ps(y + m * ldy, acc[m]);
-}
-
-constexpr int64_t kQ4x8InputRows = 6;  // input rows per pass over a block (6 sums, 8 weights)
-
-// Output rows [n0, n1), both multiples of 8: 16 weight rows at a time, as int_gemv.
-void gemv_q4x8(const uint8_t* w, const uint16_t* s, const QuantizedRows& x, int64_t M, int64_t K,
-               float* y, int64_t N, int64_t n0, int64_t n1) {
-  const int64_t groups = K / kGroup;
-  for (int64_t c0 = n0; c0 < n1; c0 += kWeightRowChunk) {
-    const int64_t c1 = std::min(n1, c0 + kWeightRowChunk);
-    for (int64_t m0 = 0; m0 < M; m0 += kQ4x8InputRows) {
-      const QuantizedRows xm = x.from_row(m0, K);
-      for (int64_t n = c0; n < c1; n += 8) {
-        const uint8_t* block = w + n * (K / 2);
-        const uint16_t* scales = s + n * groups;
-        float* yb = y + m0 * N + n;
-        switch (std::min(M - m0, kQ4x8InputRows)) {
-          case 1: q4x8_block<1>(block, scales, xm, K, yb, N); break;
-          case 2: q4x8_block<2>(block, scales, xm, K, yb, N); break;
-          case 3: q4x8_block<3>(block, scales, xm, K, yb, N); break;
-          case 4: q4x8_block<4>(block, scales, xm, K, yb, N); break;
-          case 5: q4x8_block<5>(block, scales, xm, K, yb, N); break;
-          default: q4x8_block<6>(block, scales, xm, K, yb, N); break;
-        }
-      }
-    }
-  }
-}
+#define Q4X8_VNNI 0
+#include "q4x8_body.h"
+#undef Q4X8_VNNI
 }  // namespace avx2
+#pragma GCC pop_options
+
+// The 8-row int4 blocks with AVX-VNNI (`vpdpbusd` on 256-bit registers: Alder Lake and later,
+// Zen 5), which adds 4 byte products into each 32-bit lane in one instruction. The integer sums
+// are exact either way, so this gives the AVX2 kernel's bits.
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c,avxvnni")
+namespace avx2_vnni {
+using avx2::kWeightRowChunk;
+using avx2::QuantizedRows;
+#define Q4X8_VNNI 1
+#include "q4x8_body.h"
+#undef Q4X8_VNNI
+}  // namespace avx2_vnni
 #pragma GCC pop_options
 
 // The same int8-input products with AVX512-VNNI (Ice Lake and later, Zen 4 and later): two groups
@@ -481,7 +419,7 @@ struct Kernels {
 
 Kernels kernels_for(int64_t isa) {
 #if defined(QWEN_AUDIO_X86)
-  if (isa == kAvx2)
+  if (isa == kAvx2 || isa == kAvx2Vnni)
     return {avx2::gemv, avx2::dequantize, avx2::attention};
   if (isa == kAvx512 || isa == kAvx512Bf16)
     return {avx512::gemv, avx512::dequantize, avx512::attention};
@@ -626,10 +564,10 @@ torch::Tensor linear_many(const torch::Tensor& x, const std::vector<torch::Tenso
     });
     const avx2::QuantizedRows rows{qp, dp, op, zp};
     if (format == kQ4x8) {  // whole 8-row blocks to each thread (every weight's N % 8 == 0)
+      const auto blocks = isa == kAvx2Vnni ? avx2_vnni::Q4x8::gemv : avx2::Q4x8::gemv;
       at::parallel_for(0, NT / 8, 2, [&](int64_t a, int64_t b) {
         st.for_range(a * 8, b * 8, [&](size_t i, int64_t n0, int64_t n1, int64_t col) {
-          avx2::gemv_q4x8(static_cast<const uint8_t*>(st.w[i]), st.s[i], rows, M, K, yp + col, NT,
-                          n0, n1);
+          blocks(static_cast<const uint8_t*>(st.w[i]), st.s[i], rows, M, K, yp + col, NT, n0, n1);
         });
       });
       return y;
@@ -775,7 +713,7 @@ torch::Tensor linear_bf16_native(const torch::Tensor& x, const torch::Tensor& w)
 std::vector<int64_t> compiled_isas() {
   std::vector<int64_t> isas;
 #if defined(QWEN_AUDIO_X86)
-  isas = {kAvx2, kAvx512, kAvx512Bf16};
+  isas = {kAvx2, kAvx2Vnni, kAvx512, kAvx512Bf16};
 #endif
 #if defined(__aarch64__)
   isas = {kNeon};

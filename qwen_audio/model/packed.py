@@ -122,6 +122,8 @@ class PackedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
         flat = x.reshape(-1, self.in_features)
+        if flat.shape[0] == 0:  # a prefill chunk that needs no logits: nothing to dequantize
+            return x.new_empty(*x.shape[:-1], self.out_features)
         if self.takes_kernel_rows(flat):
             y = self._decode(flat)
         elif self.format == "bf16" and flat.dtype == torch.bfloat16:
@@ -154,8 +156,9 @@ class PackedLinear(nn.Module):
     def dequantized(self, n0: int, n1: int) -> torch.Tensor:
         """Output rows [n0, n1) of the weight in float32."""
         if self.layout == "blocks8":  # autograd only (the kernels take every other case)
-            weight, scales = self.stored_weight()
-            return quant.dequantize(self.format, weight[n0:n1], scales[n0:n1])
+            b0, b1 = n0 // 8 * 8, -(-n1 // 8) * 8  # the blocks of 8 rows that hold [n0, n1)
+            weight, scales = quant.from_row_blocks(self.weight[b0:b1], self.scales[b0:b1])
+            return quant.dequantize(self.format, weight, scales)[n0 - b0 : n1 - b0]
         if self.kernels is not None:
             scales = self.scales if self.scales is not None else _NO_SCALES
             fmt = K.FORMAT_IDS[self.format]
