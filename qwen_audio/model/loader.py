@@ -7,8 +7,6 @@ dtype conversion holds one tensor at a time twice, never the whole model.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import functools
 import json
 import logging
@@ -23,6 +21,7 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from ..config import CheckpointError, ModelConfig, read_json
+from .heap import return_freed_memory
 from .packed import empty_packed, quantize_in_chunks, replace_linears
 from .qwen2 import RotaryEmbedding
 from .qwen2_audio import Qwen2AudioForConditionalGeneration
@@ -193,7 +192,7 @@ def load_model(
                                 f"fit config.json's {tuple(want)} once packed"
                             )
                         state[key], state[f"{name}.scales"] = q, scales
-                        _return_freed_memory()
+                        return_freed_memory()
                         if bar is not None:
                             bar.update(nbytes)
                         continue
@@ -245,26 +244,6 @@ def load_model(
         device
     )
     return model.eval()
-
-
-@functools.cache
-def _malloc_trim():
-    """glibc's malloc_trim, or None (musl, macOS, Windows)."""
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
-
-
-def _return_freed_memory() -> None:
-    """Hand the heap pages freed so far back to the OS. Quantizing while reading frees a wide
-    temporary per weight, and glibc keeps most of those pages for later allocations, which the
-    process's RSS counts: loading the 7B as int4 ended at 5.7 GiB resident, 4.7 GiB of it in use
-    (measured with malloc_trim after the load). Trimming after each weight keeps the peak near
-    what is in use, for about a millisecond a weight."""
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
 
 
 _NUMPY_DTYPES = {

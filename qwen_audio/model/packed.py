@@ -17,6 +17,7 @@ from torch import nn
 
 from .. import kernels as K
 from . import quant
+from .heap import return_freed_memory
 
 TILE_FLOATS = 1 << 20  # one dequantized tile: 4 MiB of float32, about an L2 cache or two
 QUANTIZE_CHUNK_FLOATS = 1 << 25  # rows quantized at once: 128 MiB of float32 temporaries
@@ -94,6 +95,7 @@ class PackedLinear(nn.Module):
         ):
             self.weight, self.scales = quant.to_row_blocks(self.weight, self.scales)
             self.layout = "blocks8"
+            return_freed_memory()  # the stored copy, else kept by glibc: +0.76 GiB on the 7B
         return True
 
     @property
