@@ -166,17 +166,19 @@ def test_packed_linear_paths_agree(isa, fmt):
     torch.testing.assert_close(p(x), plain(x), rtol=0, atol=0)
 
 
-def test_int4_row_blocks_are_a_permutation_of_the_rows():
+@pytest.mark.parametrize(("fmt", "words"), [("int4", 4), ("int8", 8)])
+def test_row_blocks_are_a_permutation_of_the_rows(fmt, words):
     """Run j of group g in block b holds bytes 4j..4j+3 of each of the block's 8 rows."""
-    p = packed("int4", 24, 96, seed=9)
+    p = packed(fmt, 24, 96, seed=9)
     q, s = p.weight, p.scales
     blocks, block_scales = quant.to_row_blocks(q, s)
     assert blocks.shape == q.shape and block_scales.shape == s.shape
-    groups = 96 // 32
-    for b, g, j, c in [(0, 0, 0, 0), (1, 2, 3, 7), (2, 1, 2, 5)]:
-        start = (b * groups + g) * 128 + j * 32 + c * 4
+    groups, group_bytes = 96 // 32, 4 * words
+    for b, g, j, c in [(0, 0, 0, 0), (1, 2, words - 1, 7), (2, 1, 2, 5)]:
+        start = ((b * groups + g) * words + j) * 32 + c * 4
         got = blocks.reshape(-1)[start : start + 4]
-        assert torch.equal(got, q[b * 8 + c, g * 16 + 4 * j : g * 16 + 4 * j + 4])
+        first = g * group_bytes + 4 * j
+        assert torch.equal(got, q[b * 8 + c, first : first + 4])
         assert block_scales.reshape(-1)[(b * groups + g) * 8 + c] == s[b * 8 + c, g]
     back = quant.from_row_blocks(blocks, block_scales)
     assert torch.equal(back[0], q) and torch.equal(back[1], s)
@@ -187,66 +189,73 @@ X86_ISAS = [isa for isa in ISAS if isa != "neon"]
 
 @needs_kernels
 @pytest.mark.parametrize("isa", X86_ISAS)
-@pytest.mark.parametrize("rows", [1, 2, 5, 6, 7, 13, 16, 40])
-def test_int4_row_blocks_kernel_equals_pytorch(isa, rows):
-    """int4 in 8-row blocks: products within the int8-rounding bound, batched == single bit for
-    bit, stacked weights each their own bits; 1, 3, 5 and 128 groups, 8 to 136 outputs."""
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+@pytest.mark.parametrize("rows", [1, 2, 4, 5, 6, 7, 13, 16, 40])
+def test_row_blocks_kernel_equals_pytorch(isa, fmt, rows):
+    """int8/int4 in 8-row blocks: products within the int8-rounding bound, batched == single
+    bit for bit, stacked weights each their own bits; 1, 3, 5 and 128 groups, 8 to 136 outputs."""
+    blocks8 = K.BLOCKS8_FORMAT_IDS[fmt]
     for n, k in [(8, 32), (40, 96), (136, 160), (16, 4096)]:
-        p = packed("int4", n, k, seed=rows + n)
+        p = packed(fmt, n, k, seed=rows + n)
         blocks, scales = quant.to_row_blocks(p.weight, p.scales)
         x = torch.randn(rows, k)
-        y = module.linear(x, blocks, scales, K.Q4_BLOCKS8, _isa(isa))
+        y = module.linear(x, blocks, scales, blocks8, _isa(isa))
         assert_products_close(y, x, reference_weight(p), int8_inputs=True)
         for i in range(rows):
-            one = module.linear(x[i : i + 1], blocks, scales, K.Q4_BLOCKS8, _isa(isa))
+            one = module.linear(x[i : i + 1], blocks, scales, blocks8, _isa(isa))
             assert torch.equal(one[0], y[i])
-    layers = [packed("int4", n, 64, seed=n) for n in (64, 16, 24)]
+    layers = [packed(fmt, n, 64, seed=n) for n in (64, 16, 24)]
     stacked = [quant.to_row_blocks(p.weight, p.scales) for p in layers]
     x = torch.randn(rows, 64)
-    got = module.linear_many(x, [w for w, _ in stacked], [s for _, s in stacked], 4, _isa(isa))
-    alone = [module.linear(x, w, s, 4, _isa(isa)) for w, s in stacked]
+    got = module.linear_many(x, [w for w, _ in stacked], [s for _, s in stacked], blocks8, 1)
+    alone = [module.linear(x, w, s, blocks8, 1) for w, s in stacked]
     assert torch.equal(got, torch.cat(alone, dim=1))
 
 
 @needs_kernels
 @pytest.mark.skipif("avx2_vnni" not in ISAS, reason="needs a CPU with AVX-VNNI")
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
 @pytest.mark.parametrize("rows", [1, 3, 6, 20])
-def test_int4_row_blocks_with_avx_vnni_give_the_avx2_bits(rows):
+def test_row_blocks_with_avx_vnni_give_the_avx2_bits(fmt, rows):
     """The integer sums are exact with either instruction, so the float results are the same."""
-    p = packed("int4", 64, 352, seed=rows)
+    p = packed(fmt, 64, 352, seed=rows)
     blocks, scales = quant.to_row_blocks(p.weight, p.scales)
     x = torch.randn(rows, 352) * 3
-    plain = module.linear(x, blocks, scales, K.Q4_BLOCKS8, _isa("avx2"))
-    vnni = module.linear(x, blocks, scales, K.Q4_BLOCKS8, _isa("avx2_vnni"))
+    blocks8 = K.BLOCKS8_FORMAT_IDS[fmt]
+    plain = module.linear(x, blocks, scales, blocks8, _isa("avx2"))
+    vnni = module.linear(x, blocks, scales, blocks8, _isa("avx2_vnni"))
     assert torch.equal(plain, vnni)
 
 
 @needs_kernels
-def test_int4_row_blocks_reject_what_they_cannot_take():
-    p = packed("int4", 12, 64, seed=1)  # 12 rows: not whole blocks of 8
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_row_blocks_reject_what_they_cannot_take(fmt):
+    blocks8 = K.BLOCKS8_FORMAT_IDS[fmt]
+    p = packed(fmt, 12, 64, seed=1)  # 12 rows: not whole blocks of 8
     with pytest.raises(RuntimeError, match="multiple of 8"):
-        module.linear(torch.randn(1, 64), p.weight, p.scales, K.Q4_BLOCKS8, _isa(ISAS[0]))
-    p = packed("int4", 16, 64, seed=1)
+        module.linear(torch.randn(1, 64), p.weight, p.scales, blocks8, _isa(ISAS[0]))
+    p = packed(fmt, 16, 64, seed=1)
     with pytest.raises(RuntimeError, match="row layout"):
-        module.dequantize(p.weight, p.scales, K.Q4_BLOCKS8, _isa(ISAS[0]), 0, 16)
+        module.dequantize(p.weight, p.scales, blocks8, _isa(ISAS[0]), 0, 16)
 
 
 @needs_kernels
 @pytest.mark.skipif("avx2" not in ISAS, reason="the AVX2 kernels do not run on this CPU")
-def test_packed_int4_takes_row_blocks_on_avx2_and_saves_rows():
-    """On AVX2 an int4 layer with whole blocks of 8 rows is repacked for the kernels, and its
-    state_dict still holds the stored row layout (what `qwen-audio quantize` writes)."""
-    p = packed("int4", 48, 96, seed=2, bias=True)
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_packed_layers_take_row_blocks_on_avx2_and_save_rows(fmt):
+    """On AVX2 an int8/int4 layer with whole blocks of 8 rows is repacked for the kernels, and
+    its state_dict still holds the stored row layout (what `qwen-audio quantize` writes)."""
+    p = packed(fmt, 48, 96, seed=2, bias=True)
     stored = (p.weight.clone(), p.scales.clone())
     assert p.use_kernels(module, "avx2") and p.layout == "blocks8"
     state = p.state_dict()
     assert torch.equal(state["weight"], stored[0]) and torch.equal(state["scales"], stored[1])
-    odd = packed("int4", 44, 96, seed=2)
+    odd = packed(fmt, 44, 96, seed=2)
     assert odd.use_kernels(module, "avx2") and odd.layout == "rows"  # 44 rows: kept as stored
     x = torch.randn(3, 96)
     with torch.inference_mode():
         y = p(x)
-    w = quant.dequantize("int4", *stored).double()
+    w = quant.dequantize(fmt, *stored).double()
     assert_products_close(y - p.bias, x, w, int8_inputs=True)
 
 

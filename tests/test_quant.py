@@ -125,22 +125,23 @@ def test_float32_compute_over_packed_weights_caches_in_float16(checkpoints):
 @pytest.mark.skipif(
     K.load_kernels() is None or "avx2" not in K.usable_isas(), reason="needs the AVX2 kernels"
 )
-def test_int4_in_row_blocks_on_avx2_answers_batched_as_single(checkpoints, monkeypatch):
-    """AVX2 (forced here) repacks int4 layers in blocks of 8 rows: greedy answers batched equal
-    single ones, and the logits are the row layout's up to float32 summation order."""
+@pytest.mark.parametrize("method", ["int8", "int4"])
+def test_row_blocks_on_avx2_answer_batched_as_single(checkpoints, monkeypatch, method):
+    """AVX2 (forced here) repacks int8/int4 layers in blocks of 8 rows: greedy answers batched
+    equal single ones, and the logits are the row layout's up to float32 summation order."""
     path = checkpoints("gqa3", init_std=0.02)
     monkeypatch.setenv("QWEN_AUDIO_ISA", "avx2")
-    llm = LLM(path, quantize="int4")
+    llm = LLM(path, quantize=method)
     layers = [m for m in llm.model.modules() if isinstance(m, PackedLinear)]
-    int4 = [m for m in layers if m.format == "int4"]
-    assert int4 and {m.layout for m in int4 if m.out_features % 8 == 0} == {"blocks8"}
+    packed = [m for m in layers if m.format == method]
+    assert packed and {m.layout for m in packed if m.out_features % 8 == 0} == {"blocks8"}
     params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
     convs = [_conv(seed) for seed in (1, 2, 3)]
     batched = [out.token_ids for out in llm.chat(convs, params)]
     assert batched == [llm.chat([conv], params)[0].token_ids for conv in convs]
     if "avx512" in K.usable_isas():  # the same int8-rounded inputs on the row layout
         monkeypatch.setenv("QWEN_AUDIO_ISA", "avx512")
-        rows = LLM(path, quantize="int4")
+        rows = LLM(path, quantize=method)
         assert {m.layout for m in rows.model.modules() if isinstance(m, PackedLinear)} == {"rows"}
         a, b = _prefill_logits(llm, _conv()), _prefill_logits(rows, _conv())
         cosine = torch.nn.functional.cosine_similarity(a, b, dim=-1)

@@ -42,7 +42,8 @@ ISA_ORDER = ["none", "avx2", "avx2_vnni", "avx512", "avx512_bf16"]  # x86-64, lo
 # CPUs use their own VNNI instead, and many of them (Zen 4, Ice Lake) lack the 256-bit one
 NEEDS_FLAG = {"avx2_vnni": "avx_vnni"}
 FORMAT_IDS = {"bf16": 0, "fp16": 1, "int8": 2, "int4": 3}
-Q4_BLOCKS8 = 4  # int4 in blocks of 8 rows (model.quant.to_row_blocks), for the AVX2 kernels
+# int8 / int4 in blocks of 8 rows (model.quant.to_row_blocks), for the AVX2 kernels
+BLOCKS8_FORMAT_IDS = {"int4": 4, "int8": 5}
 _DIR = Path(__file__).parent
 _SOURCE = _DIR / "cpu_kernels.cpp"
 _module = None

@@ -205,23 +205,23 @@ void gemv_quantized_inputs(int format, const void* w, const uint16_t* s, const Q
   int_gemv<false>(bytes, s, x, M, K, y, N, n0, n1);
 }
 
-#define Q4X8_VNNI 0
-#include "q4x8_body.h"
-#undef Q4X8_VNNI
+#define ROW_BLOCKS_VNNI 0
+#include "row_blocks_body.h"
+#undef ROW_BLOCKS_VNNI
 }  // namespace avx2
 #pragma GCC pop_options
 
-// The 8-row int4 blocks with AVX-VNNI (`vpdpbusd` on 256-bit registers: Alder Lake and later,
-// Zen 5), which adds 4 byte products into each 32-bit lane in one instruction. The integer sums
-// are exact either way, so this gives the AVX2 kernel's bits.
+// The 8-row blocks with AVX-VNNI (`vpdpbusd` on 256-bit registers: Alder Lake and later, Zen 5),
+// which adds 4 byte products into each 32-bit lane in one instruction. The integer sums are
+// exact either way, so this gives the AVX2 kernel's bits.
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c,avxvnni")
 namespace avx2_vnni {
 using avx2::kWeightRowChunk;
 using avx2::QuantizedRows;
-#define Q4X8_VNNI 1
-#include "q4x8_body.h"
-#undef Q4X8_VNNI
+#define ROW_BLOCKS_VNNI 1
+#include "row_blocks_body.h"
+#undef ROW_BLOCKS_VNNI
 }  // namespace avx2_vnni
 #pragma GCC pop_options
 
@@ -431,6 +431,12 @@ Kernels kernels_for(int64_t isa) {
   TORCH_CHECK(false, "instruction set ", isa, " is not compiled into this build");
 }
 
+bool row_blocks(int64_t format) { return format == kQ4x8 || format == kQ8x8; }
+
+int64_t inputs_of(const torch::Tensor& w, int64_t format) {
+  return format == kQ4 || format == kQ4x8 ? w.size(1) * 2 : w.size(1);
+}
+
 // Checks a weight of `format` for K inputs and returns N, its number of output rows.
 int64_t check_weight(const torch::Tensor& w, const torch::Tensor& s, int64_t format) {
   TORCH_CHECK(w.dim() == 2 && w.is_contiguous() && w.device().is_cpu(), "weight: contiguous 2-D");
@@ -438,12 +444,13 @@ int64_t check_weight(const torch::Tensor& w, const torch::Tensor& s, int64_t for
   if (format == kBf16) TORCH_CHECK(w.scalar_type() == torch::kBFloat16, "bf16 weight expected");
   if (format == kFp16) TORCH_CHECK(w.scalar_type() == torch::kHalf, "fp16 weight expected");
   if (format == kQ8) TORCH_CHECK(w.scalar_type() == torch::kChar, "int8 weight expected");
+  if (format == kQ8x8) TORCH_CHECK(w.scalar_type() == torch::kChar, "int8 weight expected");
   if (format == kQ4 || format == kQ4x8)
     TORCH_CHECK(w.scalar_type() == torch::kByte, "uint8 packed weight expected");
-  TORCH_CHECK(format >= kBf16 && format <= kQ4x8, "unknown weight format ", format);
-  if (format == kQ4x8) TORCH_CHECK(N % 8 == 0, "int4 in 8-row blocks: rows a multiple of 8");
-  if (format == kQ8 || format == kQ4 || format == kQ4x8) {
-    const int64_t K = format == kQ8 ? w.size(1) : w.size(1) * 2;
+  TORCH_CHECK(format >= kBf16 && format <= kQ8x8, "unknown weight format ", format);
+  if (row_blocks(format)) TORCH_CHECK(N % 8 == 0, "8-row blocks: rows a multiple of 8");
+  if (format != kBf16 && format != kFp16) {
+    const int64_t K = inputs_of(w, format);
     TORCH_CHECK(s.scalar_type() == torch::kHalf && s.is_contiguous() && s.dim() == 2 &&
                     s.size(0) == N && s.size(1) == K / kGroup,
                 "scales: contiguous fp16 (N, K/32)");
@@ -451,12 +458,8 @@ int64_t check_weight(const torch::Tensor& w, const torch::Tensor& s, int64_t for
   return N;
 }
 
-int64_t inputs_of(const torch::Tensor& w, int64_t format) {
-  return format == kQ4 || format == kQ4x8 ? w.size(1) * 2 : w.size(1);
-}
-
 const uint16_t* scales_ptr(const torch::Tensor& s, int64_t format) {
-  const bool scaled = format == kQ8 || format == kQ4 || format == kQ4x8;
+  const bool scaled = format != kBf16 && format != kFp16;
   return scaled ? reinterpret_cast<const uint16_t*>(s.data_ptr()) : nullptr;
 }
 
@@ -501,7 +504,7 @@ Stacked stack_weights(const std::vector<torch::Tensor>& ws, const std::vector<to
 // int8-input products also beat dequantizing for the float32 GEMM when rows are many.
 bool int_inputs_path(int64_t format, int64_t isa, int64_t K) {
 #if defined(QWEN_AUDIO_X86)
-  return isa != kNeon && isa != kNone && (format == kQ8 || format == kQ4 || format == kQ4x8) &&
+  return isa != kNeon && isa != kNone && format >= kQ8 && format <= kQ8x8 &&
          K <= avx2::kMaxGroups * kGroup;
 #else
   return false;
@@ -516,9 +519,10 @@ bool avx512_vnni_usable(int64_t isa) {
 }
 #endif
 
-// Whether int4 weights should be repacked in 8-row blocks (kQ4x8) for this instruction set:
-// where their products run on the AVX2 kernels (AVX2 CPUs, AVX-512 without VNNI).
-bool prefers_q4x8(int64_t isa) {
+// Whether int8/int4 weights should be repacked in 8-row blocks (kQ8x8 / kQ4x8) for this
+// instruction set: where their products run on the AVX2 kernels (AVX2 CPUs, AVX-512 without
+// VNNI).
+bool prefers_row_blocks(int64_t isa) {
 #if defined(QWEN_AUDIO_X86)
   return isa != kNeon && isa != kNone && !avx512_vnni_usable(isa);
 #else
@@ -537,8 +541,8 @@ torch::Tensor linear_many(const torch::Tensor& x, const std::vector<torch::Tenso
   TORCH_CHECK(K % kGroup == 0, "K must be a multiple of 32");
   TORCH_CHECK(x.size(0) >= 1 && (x.size(0) <= kMaxInputRows || int_inputs_path(format, isa, K)),
               "1 to 16 input rows");
-  TORCH_CHECK(format != kQ4x8 || int_inputs_path(format, isa, K),
-              "int4 in 8-row blocks needs the x86-64 int8-input kernels");
+  TORCH_CHECK(!row_blocks(format) || int_inputs_path(format, isa, K),
+              "8-row blocks need the x86-64 int8-input kernels");
   const auto xc = x.contiguous();
   const int64_t M = xc.size(0), NT = st.total();
   auto y = torch::empty({M, NT}, xc.options());
@@ -563,8 +567,10 @@ torch::Tensor linear_many(const torch::Tensor& x, const std::vector<torch::Tenso
                             op + m0 * groups, zp + m0 * groups);
     });
     const avx2::QuantizedRows rows{qp, dp, op, zp};
-    if (format == kQ4x8) {  // whole 8-row blocks to each thread (every weight's N % 8 == 0)
-      const auto blocks = isa == kAvx2Vnni ? avx2_vnni::Q4x8::gemv : avx2::Q4x8::gemv;
+    if (row_blocks(format)) {  // whole 8-row blocks to each thread (every weight's N % 8 == 0)
+      const bool vnni = isa == kAvx2Vnni, q4 = format == kQ4x8;
+      const auto blocks = q4 ? (vnni ? avx2_vnni::RowBlocks<true>::gemv : avx2::RowBlocks<true>::gemv)
+                             : (vnni ? avx2_vnni::RowBlocks<false>::gemv : avx2::RowBlocks<false>::gemv);
       at::parallel_for(0, NT / 8, 2, [&](int64_t a, int64_t b) {
         st.for_range(a * 8, b * 8, [&](size_t i, int64_t n0, int64_t n1, int64_t col) {
           blocks(static_cast<const uint8_t*>(st.w[i]), st.s[i], rows, M, K, yp + col, NT, n0, n1);
@@ -601,7 +607,7 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch
 torch::Tensor dequantize(const torch::Tensor& w, const torch::Tensor& s, int64_t format,
                          int64_t isa, int64_t n0, int64_t n1) {
   const int64_t N = check_weight(w, s, format), K = inputs_of(w, format);
-  TORCH_CHECK(format != kQ4x8, "dequantize: int4 in the row layout only");
+  TORCH_CHECK(!row_blocks(format), "dequantize: the row layout only");
   TORCH_CHECK(K % kGroup == 0, "K must be a multiple of 32");
   TORCH_CHECK(0 <= n0 && n0 <= n1 && n1 <= N, "row range out of bounds");
   auto out = torch::empty({n1 - n0, K}, torch::dtype(torch::kFloat));
@@ -950,7 +956,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("quantize", &quantize, "int8/int4 groups of a float weight, as model/quant.py");
   m.def("linear", &linear, "x (M, K) float32 @ packed weight^T, M <= 16 unless int_inputs_path");
   m.def("int_inputs_path", &int_inputs_path, "whether linear takes any number of rows");
-  m.def("prefers_q4x8", &prefers_q4x8, "whether int4 weights go in 8-row blocks for this ISA");
+  m.def("prefers_row_blocks", &prefers_row_blocks, "whether int8/int4 go in 8-row blocks here");
   m.def("dequantize", &dequantize, "float32 rows [n0, n1) of a packed weight");
   m.def("linear_many", &linear_many, "linear over several weights of one input, side by side");
   m.def("linear_bf16_native", &linear_bf16_native, "bf16 x @ bf16 w^T (AVX512-BF16)");

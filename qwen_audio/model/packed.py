@@ -64,7 +64,7 @@ class PackedLinear(nn.Module):
         self.kernels = None
         self.isa = 0
         self.int_inputs_any_rows = False  # the kernels take any number of float32 rows
-        # int4 only: "rows" as stored, or "blocks8" (quant.to_row_blocks) once the kernels
+        # int8/int4: "rows" as stored, or "blocks8" (quant.to_row_blocks) once the kernels
         # that multiply that layout are attached; state_dict() always gives the rows
         self.layout = "rows"
 
@@ -87,21 +87,23 @@ class PackedLinear(nn.Module):
         fmt = K.FORMAT_IDS[self.format]
         self.int_inputs_any_rows = module.int_inputs_path(fmt, self.isa, self.in_features)
         if (
-            self.format == "int4"
+            self.format in K.BLOCKS8_FORMAT_IDS
             and self.layout == "rows"
             and self.int_inputs_any_rows
             and self.out_features % 8 == 0
-            and module.prefers_q4x8(self.isa)
+            and module.prefers_row_blocks(self.isa)
         ):
             self.weight, self.scales = quant.to_row_blocks(self.weight, self.scales)
             self.layout = "blocks8"
-            return_freed_memory()  # the stored copy, else kept by glibc: +0.76 GiB on the 7B
+            return_freed_memory()  # the stored copy, else kept by glibc (7B int4: +0.76 GiB)
         return True
 
     @property
     def kernel_format(self) -> int:
         """The kernels' id of this layer's weight layout."""
-        return K.Q4_BLOCKS8 if self.layout == "blocks8" else K.FORMAT_IDS[self.format]
+        if self.layout == "blocks8":
+            return K.BLOCKS8_FORMAT_IDS[self.format]
+        return K.FORMAT_IDS[self.format]
 
     def stored_weight(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The weight and its scales in the stored (row) layout."""

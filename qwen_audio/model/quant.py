@@ -85,21 +85,24 @@ def quantize_int4(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def to_row_blocks(q: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """int4 (N, K/2) and its scales (N, K/32) -> the same bytes in blocks of 8 rows, the layout
-    the AVX2 kernels multiply fastest (`kernels/cpu_kernels.cpp`, q4x8_block). In a block,
-    group g's bytes come as 4 runs of 32: run j is bytes 4j..4j+3 of each of the 8 rows; the
-    scales come group by group, 8 each. Shapes stay; N must be a multiple of 8."""
-    N, half = q.shape
+    """int8 (N, K) or int4 (N, K/2) and its scales (N, K/32) -> the same bytes in blocks of 8
+    rows, the layout the AVX2 kernels multiply fastest (`kernels/row_blocks_body.h`). In a
+    block, group g's bytes come as runs of 32 (4 for int4, 8 for int8): run j is bytes
+    4j..4j+3 of each of the 8 rows; the scales come group by group, 8 each. Shapes stay; N must
+    be a multiple of 8."""
+    N, width = q.shape
     G = scale.shape[1]
-    blocks = q.reshape(N // 8, 8, G, 4, 4).permute(0, 2, 3, 1, 4).reshape(N, half)
+    words = width // G // 4  # 4-byte words of a row's group
+    blocks = q.reshape(N // 8, 8, G, words, 4).permute(0, 2, 3, 1, 4).reshape(N, width)
     return blocks, scale.reshape(N // 8, 8, G).permute(0, 2, 1).reshape(N, G)
 
 
 def from_row_blocks(q: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The inverse of `to_row_blocks`: the int4 row layout back."""
-    N, half = q.shape
+    """The inverse of `to_row_blocks`: the row layout back."""
+    N, width = q.shape
     G = scale.shape[1]
-    rows = q.reshape(N // 8, G, 4, 8, 4).permute(0, 3, 1, 2, 4).reshape(N, half)
+    words = width // G // 4
+    rows = q.reshape(N // 8, G, words, 8, 4).permute(0, 3, 1, 2, 4).reshape(N, width)
     return rows, scale.reshape(N // 8, G, 8).permute(0, 2, 1).reshape(N, G)
 
 
