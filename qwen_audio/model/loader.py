@@ -156,11 +156,14 @@ def load_model(
             lambda name, m: empty_packed(m, layouts[name], compute) if name in layouts else None,
         )
     as_stored = {f"{n}.{t}" for n in packed for t in ("weight", "scales")}
-    # int4 weights may be repacked for the kernels (PackedLinear.use_kernels): read them into
-    # memory, so the file pages of the stored layout never count beside the repacked copy
+    # int8/int4 weights may be repacked for the kernels (PackedLinear.use_kernels): read them
+    # into memory, so the file pages of the stored layout never count beside the repacked copy
     # (mapped, the 7B int4 peaked at 10.1 GiB instead of ~5.5)
     read_in = {
-        f"{n}.{t}" for n, fmt in packed.items() if fmt == "int4" for t in ("weight", "scales")
+        f"{n}.{t}"
+        for n, fmt in packed.items()
+        if fmt in ("int8", "int4")
+        for t in ("weight", "scales")
     }
     to_quantize = {f"{n}.weight": fmt for n, fmt in quantize.items()}
     wide = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, nn.Linear)}
