@@ -149,10 +149,11 @@ def test_kernel_rejects_bad_shapes():
 @needs_kernels
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_packed_linear_paths_agree(isa, fmt):
+@pytest.mark.parametrize("outputs", [300, 304])  # 304: whole 8-row blocks where AVX2 repacks
+def test_packed_linear_paths_agree(isa, fmt, outputs):
     """Decode kernel (<= 16 rows), tiled GEMM (more rows, or autograd on), and plain PyTorch."""
-    p = packed(fmt, 300, 256, seed=5, bias=True)
-    plain = packed(fmt, 300, 256, seed=5, bias=True)  # same weights, no kernels attached
+    p = packed(fmt, outputs, 256, seed=5, bias=True)
+    plain = packed(fmt, outputs, 256, seed=5, bias=True)  # same weights, no kernels attached
     assert p.use_kernels(module, isa)
     w = reference_weight(p)
     for rows in (1, 16, 17, 70):
@@ -257,6 +258,8 @@ def test_packed_layers_take_row_blocks_on_avx2_and_save_rows(fmt):
         y = p(x)
     w = quant.dequantize(fmt, *stored).double()
     assert_products_close(y - p.bias, x, w, int8_inputs=True)
+    # rows that start and end inside blocks, as the autograd path's tiles ask for them
+    assert torch.equal(p.dequantized(5, 29).double(), w[5:29])
 
 
 def _scattered_pool(kv_heads, contexts, block_size, head_dim, dtype):
