@@ -23,8 +23,8 @@
 
 namespace {
 
-// kAvx2Vnni: AVX2 with AVX-VNNI (Alder Lake and later, Zen 5), the AVX2 kernels but for int4
-// blocks; ids as kernels/__init__.py's ISA_IDS
+// kAvx2Vnni: AVX2 with AVX-VNNI (Alder Lake and later, Zen 5): the AVX2 kernels, with
+// `vpdpbusd` for int8/int4 in 8-row blocks; ids as kernels/__init__.py's ISA_IDS
 enum Isa { kNone = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3, kNeon = 4, kAvx2Vnni = 5 };
 
 using GemvFn = void (*)(int, const void*, const uint16_t*, const float*, int64_t, int64_t, float*,
@@ -568,9 +568,10 @@ torch::Tensor linear_many(const torch::Tensor& x, const std::vector<torch::Tenso
     });
     const avx2::QuantizedRows rows{qp, dp, op, zp};
     if (row_blocks(format)) {  // whole 8-row blocks to each thread (every weight's N % 8 == 0)
-      const bool vnni = isa == kAvx2Vnni, q4 = format == kQ4x8;
-      const auto blocks = q4 ? (vnni ? avx2_vnni::RowBlocks<true>::gemv : avx2::RowBlocks<true>::gemv)
-                             : (vnni ? avx2_vnni::RowBlocks<false>::gemv : avx2::RowBlocks<false>::gemv);
+      const bool vnni = isa == kAvx2Vnni;
+      const auto int4 = vnni ? avx2_vnni::RowBlocks<true>::gemv : avx2::RowBlocks<true>::gemv;
+      const auto int8 = vnni ? avx2_vnni::RowBlocks<false>::gemv : avx2::RowBlocks<false>::gemv;
+      const auto blocks = format == kQ4x8 ? int4 : int8;
       at::parallel_for(0, NT / 8, 2, [&](int64_t a, int64_t b) {
         st.for_range(a * 8, b * 8, [&](size_t i, int64_t n0, int64_t n1, int64_t col) {
           blocks(static_cast<const uint8_t*>(st.w[i]), st.s[i], rows, M, K, yp + col, NT, n0, n1);

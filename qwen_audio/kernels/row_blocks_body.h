@@ -35,7 +35,8 @@ inline __m256i q4_group_dot(const __m256i w[8], const int8_t* xg) {
   __m256i sum = _mm256_setzero_si256();
   for (int j = 0; j < 4; j++) {
     sum = _mm256_add_epi16(sum, _mm256_maddubs_epi16(w[2 * j], broadcast_word(xg + 4 * j)));
-    sum = _mm256_add_epi16(sum, _mm256_maddubs_epi16(w[2 * j + 1], broadcast_word(xg + 16 + 4 * j)));
+    sum = _mm256_add_epi16(sum,
+                           _mm256_maddubs_epi16(w[2 * j + 1], broadcast_word(xg + 16 + 4 * j)));
   }
   return _mm256_madd_epi16(sum, _mm256_set1_epi16(1));
 #endif
@@ -49,9 +50,10 @@ inline __m256i q8_group_dot(const __m256i magnitude[8], const uint8_t* runs, con
   for (int j = 0; j < 8; j += 2) {
     const __m256i w0 = _mm256_loadu_si256((const __m256i*)(runs + j * 32));
     const __m256i w1 = _mm256_loadu_si256((const __m256i*)(runs + j * 32 + 32));
-    even = _mm256_dpbusd_avx_epi32(even, magnitude[j], _mm256_sign_epi8(broadcast_word(xg + 4 * j), w0));
-    odd = _mm256_dpbusd_avx_epi32(odd, magnitude[j + 1],
-                                  _mm256_sign_epi8(broadcast_word(xg + 4 * j + 4), w1));
+    const __m256i x0 = _mm256_sign_epi8(broadcast_word(xg + 4 * j), w0);
+    const __m256i x1 = _mm256_sign_epi8(broadcast_word(xg + 4 * j + 4), w1);
+    even = _mm256_dpbusd_avx_epi32(even, magnitude[j], x0);
+    odd = _mm256_dpbusd_avx_epi32(odd, magnitude[j + 1], x1);
   }
   return _mm256_add_epi32(even, odd);
 #else
