@@ -38,8 +38,8 @@ MAX_ROWS = 16  # the decode kernels take up to 16 rows; more rows go to the tile
 GROUP = 32  # weights per scale in the int8/int4 formats
 ISA_IDS = {"none": 0, "avx2": 1, "avx512": 2, "avx512_bf16": 3, "neon": 4, "avx2_vnni": 5}
 ISA_ORDER = ["none", "avx2", "avx2_vnni", "avx512", "avx512_bf16"]  # x86-64, lowest first
-# avx2_vnni: AVX2 plus AVX-VNNI (Alder Lake and later, Zen 5), for int8/int4 in 8-row blocks; AVX-512
-# CPUs use their own VNNI instead, and many of them (Zen 4, Ice Lake) lack the 256-bit one
+# avx2_vnni: AVX2 plus AVX-VNNI (Alder Lake and later, Zen 5), for int8/int4 in 8-row blocks;
+# AVX-512 CPUs use their own VNNI instead, and many of them (Zen 4, Ice Lake) lack the 256-bit one
 NEEDS_FLAG = {"avx2_vnni": "avx_vnni"}
 FORMAT_IDS = {"bf16": 0, "fp16": 1, "int8": 2, "int4": 3}
 # int8 / int4 in blocks of 8 rows (model.quant.to_row_blocks), for the AVX2 kernels
