@@ -931,7 +931,7 @@ std::vector<torch::Tensor> quantize(const torch::Tensor& w, int64_t format, int6
   const auto wc = w.contiguous();
   const int64_t N = wc.size(0), K = wc.size(1);
   const bool int4 = format == kQ4;
-  const bool avx2 = isa == kAvx2 || isa == kAvx512 || isa == kAvx512Bf16;
+  const bool avx2 = isa != kNone && isa != kNeon;  // every x86-64 set here includes AVX2
 #if !defined(QWEN_AUDIO_X86)
   TORCH_CHECK(!avx2, "quantize: AVX2 exists only on x86-64");
 #endif
