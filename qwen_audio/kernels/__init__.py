@@ -92,7 +92,7 @@ def selected_isa() -> str:
         return "none"
     if best == "neon" or forced == "neon":
         return best if forced == best else "none"
-    if forced in NEEDS_FLAG and NEEDS_FLAG[forced] not in cpu_flags():
+    if not _has_its_flag(forced, cpu_flags()):
         forced = "avx2"  # an AVX-512 CPU without AVX-VNNI: the plain AVX2 kernels
     return forced if ISA_ORDER.index(forced) <= ISA_ORDER.index(best) else best
 
@@ -103,8 +103,12 @@ def usable_isas() -> list[str]:
     if best in ("none", "neon"):
         return [] if best == "none" else ["neon"]
     flags = cpu_flags()
-    lower = ISA_ORDER[1 : ISA_ORDER.index(best) + 1]
-    return [isa for isa in lower if isa not in NEEDS_FLAG or NEEDS_FLAG[isa] in flags]
+    return [isa for isa in ISA_ORDER[1 : ISA_ORDER.index(best) + 1] if _has_its_flag(isa, flags)]
+
+
+def _has_its_flag(isa: str, flags: set[str]) -> bool:
+    """Whether the CPU has the flag an instruction set below its best one needs beyond it."""
+    return isa not in NEEDS_FLAG or NEEDS_FLAG[isa] in flags
 
 
 def _sources_hash() -> str:
