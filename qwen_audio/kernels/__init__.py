@@ -45,7 +45,7 @@ FORMAT_IDS = {"bf16": 0, "fp16": 1, "int8": 2, "int4": 3}
 # int8 / int4 in blocks of 8 rows (model.quant.to_row_blocks), for the AVX2 kernels
 BLOCKS8_FORMAT_IDS = {"int4": 4, "int8": 5}
 _DIR = Path(__file__).parent
-_SOURCE = _DIR / "cpu_kernels.cpp"
+_SOURCES = [_DIR / "cpu_kernels.cpp", _DIR / "decoder_stack.cpp"]
 _module = None
 _tried = False
 
@@ -112,9 +112,9 @@ def _has_its_flag(isa: str, flags: set[str]) -> bool:
 
 
 def _sources_hash() -> str:
-    """A digest of the kernel sources (the .cpp and its headers)."""
+    """A digest of the kernel sources (the .cpp files and their headers)."""
     digest = hashlib.sha1()
-    for source in sorted(_DIR.glob("*.h")) + [_SOURCE]:
+    for source in sorted(_DIR.glob("*.h")) + _SOURCES:
         digest.update(source.read_bytes())
     return digest.hexdigest()[:12]
 
@@ -179,7 +179,7 @@ def load_kernels():
         with _build_lock(build):
             _module = load(
                 name="qwen_audio_cpu_kernels",
-                sources=[str(_SOURCE)],
+                sources=[str(source) for source in _SOURCES],
                 # -fopenmp: at::parallel_for is an OpenMP pragma in a header, serial without it;
                 # the runtime resolves to the libgomp.so.1 that torch has already loaded
                 extra_cflags=["-O3", "-fopenmp"],

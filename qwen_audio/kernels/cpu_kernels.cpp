@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "common.h"
+#include "kernel_api.h"
 
 namespace {
 
@@ -965,4 +966,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("paged_decode_attention", &paged_decode_attention,
         "one new token per sequence against its keys and values in the paged pool");
   m.def("compiled_isas", &compiled_isas, "instruction sets in this build");
+  register_decoder_stack(m);
 }

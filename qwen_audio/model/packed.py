@@ -275,7 +275,8 @@ def attach_kernels(model: nn.Module) -> str | None:
     used = [layer.use_kernels(module, isa) for layer in layers]
     if not any(used):
         return None
-    from .qwen2 import Qwen2Attention, Qwen2MLP
+    from .fused_decode import FusedDecode
+    from .qwen2 import Qwen2Attention, Qwen2MLP, Qwen2Model
 
     def decode_attention(q, kv_layer, tables, contexts):
         scale = q.shape[-1] ** -0.5
@@ -288,6 +289,9 @@ def attach_kernels(model: nn.Module) -> str | None:
             module_.qkv = StackedLinears.of([module_.q_proj, module_.k_proj, module_.v_proj])
         if isinstance(module_, Qwen2MLP):
             module_.gate_up = StackedLinears.of([module_.gate_proj, module_.up_proj])
+    for module_ in model.modules():
+        if isinstance(module_, Qwen2Model):
+            module_.fused_decode = FusedDecode.of(module_.layers, module)
     return isa
 
 

@@ -188,6 +188,9 @@ class Qwen2Model(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
         self.gradient_checkpointing = False
+        # fused_decode.FusedDecode: decode-only steps through the compiled layer stack, set by
+        # `packed.attach_kernels`; None: every step runs the layers below
+        self.fused_decode = None
 
     def forward(
         self, inputs_embeds: torch.Tensor, positions: torch.Tensor, batch: AttentionBatch
@@ -197,6 +200,8 @@ class Qwen2Model(nn.Module):
             raise ValueError("AttentionBatch.seq_lens does not add up to the number of tokens")
         cos, sin = self.rotary_emb(positions, inputs_embeds.dtype)
         x = inputs_embeds
+        if self.fused_decode is not None and self.fused_decode.applies(x, batch):
+            return self.norm(self.fused_decode(x, cos, sin, batch.paged))
         for i, layer in enumerate(self.layers):
             if self.gradient_checkpointing and self.training:
                 x = checkpoint(layer, x, cos, sin, batch, i, use_reentrant=False)
