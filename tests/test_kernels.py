@@ -459,3 +459,32 @@ def test_the_kernels_build_wherever_a_compiler_and_a_supported_cpu_are():
     """A broken build falls back to PyTorch at run time (logged), but here it must fail loudly:
     otherwise every kernel test above would be skipped and a broken kernel would go unseen."""
     assert module is not None, "the kernel build failed: see the warning from qwen_audio.kernels"
+
+
+@needs_kernels
+def test_kernel_calls_let_other_python_threads_run():
+    """The products release the GIL, as PyTorch's operators do: while one thread multiplies, the
+    server's event loop (here: a thread that counts) keeps running."""
+    import threading
+
+    weight = torch.zeros(8192, 8192, dtype=torch.bfloat16)  # 128 MiB: each call takes a while
+    x = torch.ones(16, 8192)
+    isa = K.ISA_IDS[K.selected_isa()]
+    started, finished = threading.Event(), threading.Event()
+    ticks = 0
+
+    def multiply():
+        started.set()
+        for _ in range(4):
+            module.linear_many(x, [weight], [_empty()], K.FORMAT_IDS["bf16"], isa)
+        finished.set()
+
+    worker = threading.Thread(target=multiply)
+    worker.start()
+    started.wait()
+    while not finished.is_set():
+        finished.wait(0.001)
+        ticks += 1
+    worker.join()
+    # holding the GIL, the calls would let this loop run only between them (a few ticks)
+    assert ticks > 20, ticks

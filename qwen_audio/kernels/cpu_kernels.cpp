@@ -955,16 +955,23 @@ std::vector<torch::Tensor> quantize(const torch::Tensor& w, int64_t format, int6
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("quantize", &quantize, "int8/int4 groups of a float weight, as model/quant.py");
-  m.def("linear", &linear, "x (M, K) float32 @ packed weight^T, M <= 16 unless int_inputs_path");
+  // The heavy calls release the GIL, as PyTorch's own operators do: the server's event loop
+  // and other Python threads run while a step multiplies (the arguments are converted before
+  // and the result after, with the GIL held)
+  const auto nogil = pybind11::call_guard<pybind11::gil_scoped_release>();
+  m.def("quantize", &quantize, "int8/int4 groups of a float weight, as model/quant.py", nogil);
+  m.def("linear", &linear, "x (M, K) float32 @ packed weight^T, M <= 16 unless int_inputs_path",
+        nogil);
   m.def("int_inputs_path", &int_inputs_path, "whether linear takes any number of rows");
   m.def("prefers_row_blocks", &prefers_row_blocks, "whether int8/int4 go in 8-row blocks here");
-  m.def("dequantize", &dequantize, "float32 rows [n0, n1) of a packed weight");
-  m.def("linear_many", &linear_many, "linear over several weights of one input, side by side");
-  m.def("linear_bf16_native", &linear_bf16_native, "bf16 x @ bf16 w^T (AVX512-BF16)");
-  m.def("linear_bf16_native_many", &linear_bf16_native_many, "linear_bf16_native, stacked");
+  m.def("dequantize", &dequantize, "float32 rows [n0, n1) of a packed weight", nogil);
+  m.def("linear_many", &linear_many, "linear over several weights of one input, side by side",
+        nogil);
+  m.def("linear_bf16_native", &linear_bf16_native, "bf16 x @ bf16 w^T (AVX512-BF16)", nogil);
+  m.def("linear_bf16_native_many", &linear_bf16_native_many, "linear_bf16_native, stacked",
+        nogil);
   m.def("paged_decode_attention", &paged_decode_attention,
-        "one new token per sequence against its keys and values in the paged pool");
+        "one new token per sequence against its keys and values in the paged pool", nogil);
   m.def("compiled_isas", &compiled_isas, "instruction sets in this build");
   register_decoder_stack(m);
 }
