@@ -4,7 +4,8 @@ Decoding is bound by reading the weights once per token. `cpu_kernels.cpp` multi
 float32 rows by weights kept as bf16, fp16, int8 or int4 (groups of 32 with an fp16 scale),
 dequantizing in registers (on x86-64, int8/int4 by int8-rounded inputs, for any number of rows),
 turns row ranges into float32 tiles for the prefill GEMM, and attends decode tokens through the
-engine's paged KV pool. One
+engine's paged KV pool; `decoder_stack.cpp` runs a decode-only step of every decoder layer in
+one call (model/fused_decode.py). One
 build holds every instruction set (AVX2+FMA+F16C, AVX-512, AVX512-BF16 on x86-64; NEON on
 ARM64); the best one the CPU has is used, or a lower one named by `QWEN_AUDIO_ISA` (avx2,
 avx2_vnni, avx512, avx512_bf16, neon, none), so the AVX2 path is tested on AVX-512 machines too.
