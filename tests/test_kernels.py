@@ -213,18 +213,23 @@ def test_row_blocks_kernel_equals_pytorch(isa, fmt, rows):
     assert torch.equal(got, torch.cat(alone, dim=1))
 
 
+VNNI_ISAS = [isa for isa in ("avx2_vnni", "avx512", "avx512_bf16") if isa in ISAS]
+
+
 @needs_kernels
-@pytest.mark.skipif("avx2_vnni" not in ISAS, reason="needs a CPU with AVX-VNNI")
+@pytest.mark.skipif(not VNNI_ISAS, reason="needs a CPU with AVX-VNNI or AVX-512")
+@pytest.mark.parametrize("vnni_isa", VNNI_ISAS)
 @pytest.mark.parametrize("fmt", ["int8", "int4"])
 @pytest.mark.parametrize("rows", [1, 3, 6, 20])
-def test_row_blocks_with_avx_vnni_give_the_avx2_bits(fmt, rows):
-    """The integer sums are exact with either instruction, so the float results are the same."""
+def test_row_blocks_with_vnni_give_the_avx2_bits(vnni_isa, fmt, rows):
+    """AVX-VNNI's and AVX512-VNNI's `vpdpbusd` (on AVX-512 CPUs that have it): the integer sums
+    are exact with either instruction, so the float results are the same."""
     p = packed(fmt, 64, 352, seed=rows)
     blocks, scales = quant.to_row_blocks(p.weight, p.scales)
     x = torch.randn(rows, 352) * 3
     blocks8 = K.BLOCKS8_FORMAT_IDS[fmt]
     plain = module.linear(x, blocks, scales, blocks8, _isa("avx2"))
-    vnni = module.linear(x, blocks, scales, blocks8, _isa("avx2_vnni"))
+    vnni = module.linear(x, blocks, scales, blocks8, _isa(vnni_isa))
     assert torch.equal(plain, vnni)
 
 
@@ -488,3 +493,39 @@ def test_kernel_calls_let_other_python_threads_run():
     worker.join()
     # holding the GIL, the calls would let this loop run only between them (a few ticks)
     assert ticks > 20, ticks
+
+
+@needs_kernels
+@pytest.mark.skipif(not {"avx512", "avx512_bf16"} & set(ISAS), reason="needs AVX-512")
+def test_int_layout_is_measured_once_and_kept(monkeypatch, tmp_path):
+    """Where both layouts have kernels, the choice is measured once per instruction set and
+    format, written beside the kernels, and read back; QWEN_AUDIO_INT_LAYOUT overrides it."""
+    from qwen_audio.model import int_layout
+
+    isa = ISAS[-1]
+    monkeypatch.setattr(K, "build_directory", lambda: tmp_path)
+    monkeypatch.setattr(int_layout, "_decided", {})
+    monkeypatch.delenv("QWEN_AUDIO_INT_LAYOUT", raising=False)
+    calls = []
+    real = int_layout._time_both
+
+    def timed(*args):
+        calls.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(int_layout, "_time_both", timed)
+    first = int_layout.prefers_row_blocks(module, isa, "int4")
+    assert isinstance(first, bool) and len(calls) == 1
+    assert int_layout.prefers_row_blocks(module, isa, "int4") == first and len(calls) == 1
+    monkeypatch.setattr(int_layout, "_decided", {})  # a new process: read from the file
+    assert int_layout.prefers_row_blocks(module, isa, "int4") == first and len(calls) == 1
+    saved = (tmp_path / "int_layout.json").read_text()
+    assert f'"{isa}:int4": {str(first).lower()}' in saved
+    for forced, blocks in (("rows", False), ("blocks8", True)):
+        monkeypatch.setenv("QWEN_AUDIO_INT_LAYOUT", forced)
+        assert int_layout.prefers_row_blocks(module, isa, "int8") is blocks
+    monkeypatch.setenv("QWEN_AUDIO_INT_LAYOUT", "columns")
+    with pytest.raises(ValueError, match="QWEN_AUDIO_INT_LAYOUT"):
+        int_layout.prefers_row_blocks(module, isa, "int8")
+    if "avx2" in ISAS:  # the AVX2 kernels take blocks only: no measurement, no override
+        assert int_layout.prefers_row_blocks(module, "avx2", "int4") is True

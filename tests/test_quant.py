@@ -141,11 +141,41 @@ def test_row_blocks_on_avx2_answer_batched_as_single(checkpoints, monkeypatch, m
     assert batched == [llm.chat([conv], params)[0].token_ids for conv in convs]
     if "avx512" in K.usable_isas():  # the same int8-rounded inputs on the row layout
         monkeypatch.setenv("QWEN_AUDIO_ISA", "avx512")
+        monkeypatch.setenv("QWEN_AUDIO_INT_LAYOUT", "rows")  # else measured: blocks on a Zen 4
         rows = LLM(path, quantize=method)
         assert {m.layout for m in rows.model.modules() if isinstance(m, PackedLinear)} == {"rows"}
         a, b = _prefill_logits(llm, _conv()), _prefill_logits(rows, _conv())
         cosine = torch.nn.functional.cosine_similarity(a, b, dim=-1)
         assert cosine.min() > 0.9999, cosine.min()  # int4 itself is ~0.98 away from float32
+
+
+@pytest.mark.skipif(
+    K.load_kernels() is None or not {"avx512", "avx512_bf16"} & set(K.usable_isas()),
+    reason="needs AVX-512, where both layouts have kernels",
+)
+@pytest.mark.parametrize("method", ["int8", "int4"])
+def test_row_blocks_where_avx512_vnni_could_take_rows(checkpoints, monkeypatch, method):
+    """On an AVX-512 CPU the layout is measured (model/int_layout.py) or named by
+    QWEN_AUDIO_INT_LAYOUT. In blocks, any number of rows goes to the kernels whatever the
+    activations' dtype (bf16 where native): a prompt as well as a decode. Greedy answers batched
+    equal single ones, and the logits are the row layout's up to float32 summation order."""
+    path = checkpoints("gqa3", init_std=0.02)
+    monkeypatch.setenv("QWEN_AUDIO_INT_LAYOUT", "blocks8")
+    llm = LLM(path, quantize=method)
+    packed = [m for m in llm.model.modules() if isinstance(m, PackedLinear) and m.format == method]
+    assert packed and {m.layout for m in packed if m.out_features % 8 == 0} == {"blocks8"}
+    prompt_rows = torch.zeros(40, packed[0].in_features, dtype=llm.model.dtype)
+    with torch.inference_mode():
+        assert packed[0].takes_kernel_rows(prompt_rows)
+    params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+    convs = [_conv(seed) for seed in (1, 2, 3)]
+    batched = [out.token_ids for out in llm.chat(convs, params)]
+    assert batched == [llm.chat([conv], params)[0].token_ids for conv in convs]
+    monkeypatch.setenv("QWEN_AUDIO_INT_LAYOUT", "rows")
+    rows = LLM(path, quantize=method)
+    assert {m.layout for m in rows.model.modules() if isinstance(m, PackedLinear)} == {"rows"}
+    a, b = _prefill_logits(llm, _conv()), _prefill_logits(rows, _conv())
+    assert torch.nn.functional.cosine_similarity(a, b, dim=-1).min() > 0.999
 
 
 def test_layers_whose_inputs_do_not_make_groups_stay_unquantized(checkpoints):

@@ -221,9 +221,27 @@ namespace avx2_vnni {
 using avx2::kWeightRowChunk;
 using avx2::QuantizedRows;
 #define ROW_BLOCKS_VNNI 1
+#define ROW_BLOCKS_DPBUSD _mm256_dpbusd_avx_epi32
 #include "row_blocks_body.h"
+#undef ROW_BLOCKS_DPBUSD
 #undef ROW_BLOCKS_VNNI
 }  // namespace avx2_vnni
+#pragma GCC pop_options
+
+// The same blocks with AVX512-VNNI's 256-bit `vpdpbusd` (EVEX), for AVX-512 CPUs without the
+// VEX one (Zen 4, Ice Lake, Sapphire Rapids before AVX-VNNI...): where the blocks beat the
+// 512-bit row kernels below (model/int_layout.py measures it; on a Zen 4 they do).
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")
+namespace avx512_vnni_blocks {
+using avx2::kWeightRowChunk;
+using avx2::QuantizedRows;
+#define ROW_BLOCKS_VNNI 1
+#define ROW_BLOCKS_DPBUSD _mm256_dpbusd_epi32
+#include "row_blocks_body.h"
+#undef ROW_BLOCKS_DPBUSD
+#undef ROW_BLOCKS_VNNI
+}  // namespace avx512_vnni_blocks
 #pragma GCC pop_options
 
 // The same int8-input products with AVX512-VNNI (Ice Lake and later, Zen 4 and later): two groups
@@ -520,9 +538,9 @@ bool avx512_vnni_usable(int64_t isa) {
 }
 #endif
 
-// Whether int8/int4 weights should be repacked in 8-row blocks (kQ8x8 / kQ4x8) for this
+// Whether int8/int4 weights must be repacked in 8-row blocks (kQ8x8 / kQ4x8) for this
 // instruction set: where their products run on the AVX2 kernels (AVX2 CPUs, AVX-512 without
-// VNNI).
+// VNNI). With AVX-512 VNNI both layouts have kernels; model/int_layout.py measures which wins.
 bool prefers_row_blocks(int64_t isa) {
 #if defined(QWEN_AUDIO_X86)
   return isa != kNeon && isa != kNone && !avx512_vnni_usable(isa);
@@ -569,9 +587,14 @@ torch::Tensor linear_many(const torch::Tensor& x, const std::vector<torch::Tenso
     });
     const avx2::QuantizedRows rows{qp, dp, op, zp};
     if (row_blocks(format)) {  // whole 8-row blocks to each thread (every weight's N % 8 == 0)
-      const bool vnni = isa == kAvx2Vnni;
-      const auto int4 = vnni ? avx2_vnni::RowBlocks<true>::gemv : avx2::RowBlocks<true>::gemv;
-      const auto int8 = vnni ? avx2_vnni::RowBlocks<false>::gemv : avx2::RowBlocks<false>::gemv;
+      auto int4 = avx2::RowBlocks<true>::gemv;
+      auto int8 = avx2::RowBlocks<false>::gemv;
+      if (isa == kAvx2Vnni) {
+        int4 = avx2_vnni::RowBlocks<true>::gemv, int8 = avx2_vnni::RowBlocks<false>::gemv;
+      } else if (avx512_vnni_usable(isa)) {
+        int4 = avx512_vnni_blocks::RowBlocks<true>::gemv;
+        int8 = avx512_vnni_blocks::RowBlocks<false>::gemv;
+      }
       const auto blocks = format == kQ4x8 ? int4 : int8;
       at::parallel_for(0, NT / 8, 2, [&](int64_t a, int64_t b) {
         st.for_range(a * 8, b * 8, [&](size_t i, int64_t n0, int64_t n1, int64_t col) {

@@ -11,9 +11,11 @@
 // integers, so a row's float sums are one FMA per group in group order whatever the number of
 // input rows (batched == single).
 //
-// Included by cpu_kernels.cpp inside namespace avx2 (ROW_BLOCKS_VNNI 0: `vpmaddubsw`) and
-// avx2_vnni (ROW_BLOCKS_VNNI 1: `vpdpbusd`) under their target options; QuantizedRows and
-// kWeightRowChunk are avx2's. The integer sums are exact either way: the same bits.
+// Included by cpu_kernels.cpp inside namespace avx2 (ROW_BLOCKS_VNNI 0: `vpmaddubsw`),
+// avx2_vnni and avx512_vnni_blocks (ROW_BLOCKS_VNNI 1: `vpdpbusd` on 256-bit registers, its
+// VEX form from AVX-VNNI or its EVEX form from AVX512-VNNI + VL, named by ROW_BLOCKS_DPBUSD)
+// under their target options; QuantizedRows and kWeightRowChunk are avx2's. The integer sums
+// are exact either way: the same bits.
 inline __m256i broadcast_word(const int8_t* p) {
   int32_t word;
   std::memcpy(&word, p, sizeof(word));
@@ -27,8 +29,8 @@ inline __m256i q4_group_dot(const __m256i w[8], const int8_t* xg) {
 #if ROW_BLOCKS_VNNI
   __m256i lo = _mm256_setzero_si256(), hi = _mm256_setzero_si256();  // two dependency chains
   for (int j = 0; j < 4; j++) {
-    lo = _mm256_dpbusd_avx_epi32(lo, w[2 * j], broadcast_word(xg + 4 * j));
-    hi = _mm256_dpbusd_avx_epi32(hi, w[2 * j + 1], broadcast_word(xg + 16 + 4 * j));
+    lo = ROW_BLOCKS_DPBUSD(lo, w[2 * j], broadcast_word(xg + 4 * j));
+    hi = ROW_BLOCKS_DPBUSD(hi, w[2 * j + 1], broadcast_word(xg + 16 + 4 * j));
   }
   return _mm256_add_epi32(lo, hi);
 #else
@@ -52,8 +54,8 @@ inline __m256i q8_group_dot(const __m256i magnitude[8], const uint8_t* runs, con
     const __m256i w1 = _mm256_loadu_si256((const __m256i*)(runs + j * 32 + 32));
     const __m256i x0 = _mm256_sign_epi8(broadcast_word(xg + 4 * j), w0);
     const __m256i x1 = _mm256_sign_epi8(broadcast_word(xg + 4 * j + 4), w1);
-    even = _mm256_dpbusd_avx_epi32(even, magnitude[j], x0);
-    odd = _mm256_dpbusd_avx_epi32(odd, magnitude[j + 1], x1);
+    even = ROW_BLOCKS_DPBUSD(even, magnitude[j], x0);
+    odd = ROW_BLOCKS_DPBUSD(odd, magnitude[j + 1], x1);
   }
   return _mm256_add_epi32(even, odd);
 #else

@@ -26,9 +26,14 @@ _NO_BIAS = torch.empty(0)
 class FusedDecode:
     """The decoder layers of one model as a `DecoderStack`; see `of` for when one exists."""
 
-    def __init__(self, stack, any_rows: bool) -> None:
+    def __init__(self, stack, linears: list[PackedLinear]) -> None:
         self.stack = stack
-        self.any_rows = any_rows  # every product takes any number of float32 rows
+        # the activation dtypes for which every product takes any number of rows
+        self.any_rows = {
+            dtype
+            for dtype in (torch.float32, torch.bfloat16)
+            if all(linear.takes_any_rows(dtype) for linear in linears)
+        }
 
     @classmethod
     def of(cls, layers: nn.ModuleList, module) -> FusedDecode | None:
@@ -52,8 +57,7 @@ class FusedDecode:
         )
         for spec in specs:
             stack.add_layer(*spec)
-        any_rows = all(linear.int_inputs_any_rows for layer in layers for linear in _linears(layer))
-        return cls(stack, any_rows)
+        return cls(stack, [linear for layer in layers for linear in _linears(layer)])
 
     def applies(self, x: torch.Tensor, batch: AttentionBatch) -> bool:
         """Whether this step is for the stack: inference on the CPU, one new token per
@@ -64,7 +68,7 @@ class FusedDecode:
         if paged.backend is not SDPABackend or x.device.type != "cpu":
             return False
         rows = x.shape[0]
-        return rows <= K.MAX_ROWS or (self.any_rows and x.dtype == torch.float32)
+        return rows <= K.MAX_ROWS or x.dtype in self.any_rows
 
     def __call__(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, paged: PagedBatch
