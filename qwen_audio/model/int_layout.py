@@ -67,9 +67,11 @@ def _cached_or_measured(module, isa: str, format: str, key: str) -> bool:
         "blocks" if blocks else "rows",
     )
     known[key] = blocks
-    try:
+    try:  # whole or not at all: another process may be reading it (a half file = measure again)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(known, indent=1))
+        partial = path.with_name(f"{path.name}.{os.getpid()}")
+        partial.write_text(json.dumps(known, indent=1))
+        os.replace(partial, path)
     except OSError:  # a read-only cache: measured again next time
         pass
     return blocks
