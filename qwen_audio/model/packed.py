@@ -5,11 +5,11 @@ once and accumulate in float32. Many rows (prefill, the encoder) are compute bou
 multiplies bf16 natively the weight is dequantized one tile of output rows at a time for the bf16
 GEMM, so no more than one tile is ever held wide. int8/int4 weights stay on the kernels' int8-input
 products for any number of rows with float32 activations (AVX2, AVX-512 without BF16), and with
-bf16 ones once repacked in blocks of 8 rows (int_layout.py): on the 7B's shapes, 2 cores, int4
-blocks run at 440-515 GFLOP/s with AVX2 where dequantizing for the float32 GEMM reaches ~180, and
-at 415-460 with AVX512-VNNI on a Zen 4, where the bf16 GEMM path prefilled at 22.5 tok/s
-against the blocks' 29.8. Without the kernels every path runs in plain PyTorch on the same
-formats.
+bf16 ones once repacked in blocks of 8 rows (int_layout.py). On the 7B's shapes, 2 cores, int4
+blocks ran at 440-515 GFLOP/s with AVX2 on a Zen 5 VM, where dequantizing for the float32 GEMM
+reached ~180, and at 415-460 with AVX512-VNNI on a Zen 4, where a 7B int4 prompt prefilled at
+29.8 tok/s in blocks against 22.5 through the bf16 GEMM. Without the kernels every path runs in
+plain PyTorch on the same formats.
 """
 
 from __future__ import annotations
@@ -129,8 +129,10 @@ class PackedLinear(nn.Module):
 
     def takes_any_rows(self, dtype: torch.dtype) -> bool:
         """Whether the kernels multiply any number of rows of `dtype`: int8/int4 on x86-64, for
-        float32 rows, and for bf16 rows once in 8-row blocks (which the bf16 GEMM's tiles would
-        have to dequantize in PyTorch; on a Zen 4 the blocks also prefill at its speed)."""
+        float32 rows, and for bf16 rows once in 8-row blocks (faster than the bf16 GEMM's
+        dequantized tiles where the blocks were chosen, and the tiles of blocks would be
+        dequantized in PyTorch). Their inputs are rounded to int8 per group of 32, as a decoded
+        token's always are."""
         if not self.int_inputs_any_rows:
             return False
         return dtype == torch.float32 or (dtype == torch.bfloat16 and self.layout == "blocks8")
