@@ -496,13 +496,13 @@ def test_kernel_calls_let_other_python_threads_run():
 
 
 @needs_kernels
-@pytest.mark.skipif(not {"avx512", "avx512_bf16"} & set(ISAS), reason="needs AVX-512")
+@pytest.mark.skipif(K.int_row_kernels_isa() is None, reason="needs AVX-512 VNNI")
 def test_int_layout_is_measured_once_and_kept(monkeypatch, tmp_path):
     """Where both layouts have kernels, the choice is measured once per instruction set and
     format, written beside the kernels, and read back; QWEN_AUDIO_INT_LAYOUT overrides it."""
     from qwen_audio.model import int_layout
 
-    isa = ISAS[-1]
+    isa = K.int_row_kernels_isa()
     monkeypatch.setattr(K, "build_directory", lambda: tmp_path)
     monkeypatch.setattr(int_layout, "_decided", {})
     monkeypatch.delenv("QWEN_AUDIO_INT_LAYOUT", raising=False)

@@ -139,7 +139,7 @@ def test_row_blocks_on_avx2_answer_batched_as_single(checkpoints, monkeypatch, m
     convs = [_conv(seed) for seed in (1, 2, 3)]
     batched = [out.token_ids for out in llm.chat(convs, params)]
     assert batched == [llm.chat([conv], params)[0].token_ids for conv in convs]
-    if "avx512" in K.usable_isas():  # the same int8-rounded inputs on the row layout
+    if K.int_row_kernels_isa():  # the same int8-rounded inputs on the row layout
         monkeypatch.setenv("QWEN_AUDIO_ISA", "avx512")
         monkeypatch.setenv("QWEN_AUDIO_INT_LAYOUT", "rows")  # else measured: blocks on a Zen 4
         rows = LLM(path, quantize=method)
@@ -150,8 +150,8 @@ def test_row_blocks_on_avx2_answer_batched_as_single(checkpoints, monkeypatch, m
 
 
 @pytest.mark.skipif(
-    K.load_kernels() is None or not {"avx512", "avx512_bf16"} & set(K.usable_isas()),
-    reason="needs AVX-512, where both layouts have kernels",
+    K.int_row_kernels_isa() is None,
+    reason="needs AVX-512 VNNI, where both layouts have kernels",
 )
 @pytest.mark.parametrize("method", ["int8", "int4"])
 def test_row_blocks_where_avx512_vnni_could_take_rows(checkpoints, monkeypatch, method):

@@ -107,6 +107,18 @@ def usable_isas() -> list[str]:
     return [isa for isa in ISA_ORDER[1 : ISA_ORDER.index(best) + 1] if _has_its_flag(isa, flags)]
 
 
+def int_row_kernels_isa() -> str | None:
+    """An AVX-512 instruction set of this CPU whose int8/int4 products can take the stored row
+    layout (AVX-512 VNNI), where model/int_layout.py chooses between rows and blocks; None
+    where the blocks are the only int8/int4 layout (AVX2, AVX-512 without VNNI) or there are
+    no kernels. For tests and benchmarks."""
+    module = load_kernels()
+    avx512 = [isa for isa in usable_isas() if isa.startswith("avx512")]
+    if module is None or not avx512 or module.prefers_row_blocks(ISA_IDS[avx512[-1]]):
+        return None
+    return avx512[-1]
+
+
 def _has_its_flag(isa: str, flags: set[str]) -> bool:
     """Whether the CPU has the flag an instruction set below its best one needs beyond it."""
     return isa not in NEEDS_FLAG or NEEDS_FLAG[isa] in flags
