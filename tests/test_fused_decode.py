@@ -99,17 +99,17 @@ def _kv_dtype(model) -> torch.dtype:
 @pytest.mark.parametrize("method", [None, "int8"])
 def test_steps_the_stack_does_not_take_run_the_layer_loop(checkpoints, method):
     """A prompt chunk in the step, or more rows than the kernels take (17 with 16-bit
-    weights), or autograd: the Python layers run; int8 on x86-64 takes any number of rows
-    (of bf16 activations only in 8-row blocks)."""
+    weights), or autograd: the Python layers run; int8 on x86-64 takes any number of float32
+    rows."""
     ckpt = load_checkpoint(checkpoints("mha", init_std=0.02), dtype="bfloat16", quantize=method)
     fused = ckpt.model.language_model.model.fused_decode
     x = torch.zeros(17, 64, dtype=ckpt.model.dtype)
     kv = torch.zeros(2, 2, 4, 64, BLOCK, 16)
     decodes = AttentionBatch([1] * 17, PagedBatch(kv, [3] * 17, [[i] for i in range(17)]))
     down = ckpt.model.language_model.model.layers[0].mlp.down_proj
-    # int8 on x86-64 takes any number of float32 rows, and of bf16 rows in 8-row blocks
-    many = method == "int8" and K.selected_isa() != "neon"
-    many = many and (x.dtype == torch.float32 or down.layout == "blocks8")
+    # int8 on x86-64 takes any number of float32 rows (bf16 ones go to the GEMM)
+    many = method == "int8" and K.selected_isa() != "neon" and x.dtype == torch.float32
+    assert many == down.takes_any_rows(x.dtype)
     with torch.inference_mode():
         assert fused.applies(x, decodes) == many
         assert fused.applies(

@@ -240,9 +240,19 @@ def test_row_blocks_reject_what_they_cannot_take(fmt):
     p = packed(fmt, 12, 64, seed=1)  # 12 rows: not whole blocks of 8
     with pytest.raises(RuntimeError, match="multiple of 8"):
         module.linear(torch.randn(1, 64), p.weight, p.scales, blocks8, _isa(ISAS[0]))
-    p = packed(fmt, 16, 64, seed=1)
-    with pytest.raises(RuntimeError, match="row layout"):
-        module.dequantize(p.weight, p.scales, blocks8, _isa(ISAS[0]), 0, 16)
+
+
+@needs_kernels
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_dequantizing_row_blocks_gives_the_rows_values(fmt):
+    """The bf16 GEMM's tiles of a weight in blocks (int8 prompts where bf16 is native): any row
+    range, starting and ending inside blocks, equals the row layout's dequantized values."""
+    p = packed(fmt, 48, 160, seed=3)
+    blocks, scales = quant.to_row_blocks(p.weight, p.scales)
+    rows = module.dequantize(p.weight, p.scales, K.FORMAT_IDS[fmt], _isa(ISAS[-1]), 0, 48)
+    for n0, n1 in [(0, 48), (5, 29), (8, 16), (47, 48)]:
+        got = module.dequantize(blocks, scales, K.BLOCKS8_FORMAT_IDS[fmt], _isa(ISAS[-1]), n0, n1)
+        assert torch.equal(got, rows[n0:n1])
 
 
 @needs_kernels

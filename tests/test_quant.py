@@ -156,17 +156,19 @@ def test_row_blocks_on_avx2_answer_batched_as_single(checkpoints, monkeypatch, m
 @pytest.mark.parametrize("method", ["int8", "int4"])
 def test_row_blocks_where_avx512_vnni_could_take_rows(checkpoints, monkeypatch, method):
     """On an AVX-512 CPU the layout is measured (model/int_layout.py) or named by
-    QWEN_AUDIO_INT_LAYOUT. In blocks, any number of rows goes to the kernels whatever the
-    activations' dtype (bf16 where native): a prompt as well as a decode. Greedy answers batched
-    equal single ones, and the logits are the row layout's up to float32 summation order."""
+    QWEN_AUDIO_INT_LAYOUT. In blocks, int4 takes any number of rows on the kernels whatever the
+    activations' dtype (bf16 where native), int8 a bf16 prompt on the GEMM over dequantized
+    blocks. Greedy answers batched equal single ones, and the logits are the row layout's up to
+    float32 summation order."""
     path = checkpoints("gqa3", init_std=0.02)
     monkeypatch.setenv("QWEN_AUDIO_INT_LAYOUT", "blocks8")
     llm = LLM(path, quantize=method)
     packed = [m for m in llm.model.modules() if isinstance(m, PackedLinear) and m.format == method]
     assert packed and {m.layout for m in packed if m.out_features % 8 == 0} == {"blocks8"}
     prompt_rows = torch.zeros(40, packed[0].in_features, dtype=llm.model.dtype)
-    with torch.inference_mode():
-        assert packed[0].takes_kernel_rows(prompt_rows)
+    with torch.inference_mode():  # a bf16 prompt: int4 on the kernels, int8 on the GEMM
+        taken = packed[0].takes_kernel_rows(prompt_rows)
+        assert taken == (method == "int4" or llm.model.dtype == torch.float32)
     params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
     convs = [_conv(seed) for seed in (1, 2, 3)]
     batched = [out.token_ids for out in llm.chat(convs, params)]

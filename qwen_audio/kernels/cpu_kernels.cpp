@@ -632,7 +632,6 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch
 torch::Tensor dequantize(const torch::Tensor& w, const torch::Tensor& s, int64_t format,
                          int64_t isa, int64_t n0, int64_t n1) {
   const int64_t N = check_weight(w, s, format), K = inputs_of(w, format);
-  TORCH_CHECK(!row_blocks(format), "dequantize: the row layout only");
   TORCH_CHECK(K % kGroup == 0, "K must be a multiple of 32");
   TORCH_CHECK(0 <= n0 && n0 <= n1 && n1 <= N, "row range out of bounds");
   auto out = torch::empty({n1 - n0, K}, torch::dtype(torch::kFloat));
@@ -640,6 +639,27 @@ torch::Tensor dequantize(const torch::Tensor& w, const torch::Tensor& s, int64_t
   const void* wp = w.data_ptr();
   const uint16_t* sp = scales_ptr(s, format);
   float* op = out.data_ptr<float>();
+  if (row_blocks(format)) {  // each row's bytes and scales gathered back, then as a row
+    const int64_t width = w.size(1), groups = K / kGroup, words = width / groups / 4;
+    const int row_format = format == kQ4x8 ? kQ4 : kQ8;
+    const auto* bytes = static_cast<const uint8_t*>(wp);
+    at::parallel_for(n0, n1, 8, [&](int64_t a, int64_t b) {
+      std::vector<uint8_t> row(width);
+      std::vector<uint16_t> scales(groups);
+      for (int64_t n = a; n < b; n++) {
+        const uint8_t* block = bytes + (n / 8) * 8 * width;  // quant.to_row_blocks' order
+        const uint16_t* block_scales = sp + (n / 8) * 8 * groups;
+        for (int64_t g = 0; g < groups; g++) {
+          for (int64_t j = 0; j < words; j++) {
+            std::memcpy(&row[(g * words + j) * 4], block + ((g * words + j) * 8 + n % 8) * 4, 4);
+          }
+          scales[g] = block_scales[g * 8 + n % 8];
+        }
+        k.dequantize(row_format, row.data(), scales.data(), K, 0, 1, op + (n - n0) * K);
+      }
+    });
+    return out;
+  }
   at::parallel_for(n0, n1, 8, [&](int64_t a, int64_t b) {
     k.dequantize(static_cast<int>(format), wp, sp, K, a, b, op + (a - n0) * K);
   });
