@@ -106,19 +106,8 @@ void rows_times_weights(const Rows& rows, const float* x, int64_t ldx, float* y,
                         int64_t K, int64_t n0, int64_t n1) {
   constexpr int kChains = kVecs < 2 ? kVecs : 2;
   const int64_t groups = K / kGroup;
-  const int64_t block = kInputBlockFloats / (MR * kGroup);
-  if (MR == 1 || groups <= block) {  // the inputs stay in L1 by themselves
-    for (int64_t n = n0; n < n1; n++) {
-      V::F acc[MR][kChains];
-#pragma GCC unroll 16
-      for (int m = 0; m < MR; m++)
-#pragma GCC unroll 4
-        for (int c = 0; c < kChains; c++) acc[m][c] = V::zero();
-      accumulate_groups<Rows, MR, kChains>(rows, x, ldx, n, 0, groups, acc);
-      store_sums<MR, kChains>(acc, y, ldy, n);
-    }
-    return;
-  }
+  // one block of all the groups where the inputs stay in L1 by themselves
+  const int64_t block = MR == 1 ? groups : kInputBlockFloats / (MR * kGroup);
   for (int64_t t0 = n0; t0 < n1; t0 += kTile) {
     const int64_t t1 = t0 + kTile < n1 ? t0 + kTile : n1;
     V::F saved[kTile][MR][kChains];
@@ -131,13 +120,16 @@ void rows_times_weights(const Rows& rows, const float* x, int64_t ldx, float* y,
 #pragma GCC unroll 4
           for (int c = 0; c < kChains; c++) acc[m][c] = g0 == 0 ? V::zero() : saved[n - t0][m][c];
         accumulate_groups<Rows, MR, kChains>(rows, x, ldx, n, g0, g1, acc);
+        if (g1 == groups) {
+          store_sums<MR, kChains>(acc, y, ldy, n);
+          continue;
+        }
 #pragma GCC unroll 16
         for (int m = 0; m < MR; m++)
 #pragma GCC unroll 4
           for (int c = 0; c < kChains; c++) saved[n - t0][m][c] = acc[m][c];
       }
     }
-    for (int64_t n = t0; n < t1; n++) store_sums<MR, kChains>(saved[n - t0], y, ldy, n);
   }
 }
 

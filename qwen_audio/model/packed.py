@@ -66,7 +66,7 @@ class PackedLinear(nn.Module):
         self.register_buffer("bias", bias)
         self.kernels = None
         self.isa = 0
-        # the kernels take any number of rows: float32 ones, and bf16 ones in 8-row blocks
+        # int8/int4 on the int8-input kernels, which take any number of rows (takes_any_rows)
         self.int_inputs_any_rows = False
         # int8/int4: "rows" as stored, or "blocks8" (quant.to_row_blocks) once the kernels
         # that multiply that layout are attached; state_dict() always gives the rows
@@ -181,10 +181,6 @@ class PackedLinear(nn.Module):
             return self.kernels.dequantize(
                 self.weight, scales, self.kernel_format, self.isa, n0, n1
             )
-        if self.layout == "blocks8":  # blocks exist only with the kernels; kept for safety
-            b0, b1 = n0 // 8 * 8, -(-n1 // 8) * 8  # the blocks of 8 rows that hold [n0, n1)
-            weight, scales = quant.from_row_blocks(self.weight[b0:b1], self.scales[b0:b1])
-            return quant.dequantize(self.format, weight, scales)[n0 - b0 : n1 - b0]
         if self.format in quant.METHODS:
             return quant.dequantize(self.format, self.weight[n0:n1], self.scales[n0:n1])
         return self.weight[n0:n1].float()
