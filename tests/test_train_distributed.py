@@ -3,7 +3,10 @@
 A step's rows and their split into micro-batches depend only on the global batch, and the loss
 is normalised by the trained tokens of the whole global batch, so:
 - torchrun, 2 processes x batch 2 and 1 process x batch 2 x 2 accumulation steps run the same
-  micro-batches: the loss curve and weights agree to 1e-6 (observed: bit-identical);
+  micro-batches: the loss curve agrees to 1e-6 (observed: bit-identical) and the weights to
+  1e-4 (bit-identical on AMD EPYC VMs; on an Intel Sapphire Rapids one element in 512 differed
+  by 2e-5 after 6 steps: Adam divides by the root of the squared gradients, so a last-bit
+  difference in a near-zero gradient, summed by gloo in another order, becomes a visible one);
 - accelerate launch with the shipped ddp.yaml, 2 processes x batch 1 x 2 accumulation steps,
   packs the rows differently (1 row per forward instead of 2), which changes float rounding
   only: the loss curve agrees to 1e-4 relative (observed about 2e-6).
@@ -62,7 +65,7 @@ def test_torchrun_two_processes_equal_one(setup):
     a = load_file(str(single / "adapter_model.safetensors"))
     b = load_file(str(out / "adapter_model.safetensors"))
     for key in a:
-        torch.testing.assert_close(b[key], a[key], rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-4)
     assert want[-1] < want[0]
 
 
