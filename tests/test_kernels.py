@@ -135,6 +135,33 @@ def test_dequantize_kernel_is_exact(isa, fmt):
 
 
 @needs_kernels
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("fmt", ["bf16", "fp16", "int8", "int4", "int8x8", "int4x8"])
+def test_bf16_tiles_round_as_pytorch(isa, fmt):
+    """The bf16 GEMM's tiles come out of the kernel in bf16: the float32 values rounded to
+    nearest even, as .to(torch.bfloat16) rounds them, ties and row ranges inside blocks too."""
+    p = packed(fmt.removesuffix("x8"), 48, 160, seed=5)
+    weight, scales = p.weight, p.scales if p.scales is not None else _empty()
+    if fmt == "fp16":  # values with a bit below bf16's precision set: halfway cases for rounding
+        weight = (weight.float() + torch.randn(48, 160) * 1e-4).half()
+    format = _fmt(p)
+    if fmt.endswith("x8"):
+        weight, scales = quant.to_row_blocks(weight, scales)
+        format = K.BLOCKS8_FORMAT_IDS[p.format]
+    for n0, n1 in [(0, 48), (5, 29)]:
+        wide = module.dequantize(weight, scales, format, _isa(isa), n0, n1)
+        narrow = module.dequantize(weight, scales, format, _isa(isa), n0, n1, True)
+        assert narrow.dtype == torch.bfloat16
+        assert torch.equal(narrow.view(torch.int16), wide.to(torch.bfloat16).view(torch.int16))
+    ties = torch.tensor([1.0 + 2.0**-8, 1.0 + 3 * 2.0**-8, -(1.0 + 2.0**-8)] * 32)  # exact halves
+    tie_weight = ties.reshape(3, 32).to(torch.float16)
+    got = module.dequantize(tie_weight, _empty(), K.FORMAT_IDS["fp16"], _isa(isa), 0, 3, True)
+    assert torch.equal(
+        got.view(torch.int16), tie_weight.float().to(torch.bfloat16).view(torch.int16)
+    )
+
+
+@needs_kernels
 def test_kernel_rejects_bad_shapes():
     sixteen = packed("bf16", 8, 64, seed=0)
     with pytest.raises(RuntimeError, match="1 to 16 input rows"):
@@ -357,6 +384,30 @@ def test_tiles_cover_every_output_row(monkeypatch):
         assert_products_close(p(x), x, reference_weight(p))
 
 
+@needs_kernels
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_kernel_tiles_share_one_buffer(monkeypatch, fmt):
+    """Prefill tiles dequantized by the kernels, float32 and bf16, all written into one reused
+    buffer: each tile's product is taken before the next tile overwrites it, the last, shorter
+    tile included; with autograd on, each tile is a tensor of its own (the backward pass keeps
+    them)."""
+    monkeypatch.setattr("qwen_audio.model.packed.TILE_FLOATS", 64 * 40)  # 40-row tiles of 64
+    monkeypatch.setattr("qwen_audio.model.packed.BF16_TILE_ELEMENTS", 64 * 24)  # 24-row ones
+    p = packed(fmt, 136, 64, seed=9)
+    assert p.use_kernels(module, K.selected_isa())
+    w = reference_weight(p)
+    x = torch.randn(40, 64)
+    with torch.inference_mode():
+        assert_products_close(p._tiled_matmul(x), x, w)
+        got = p._tiled_matmul(x.bfloat16()).double()
+    want = x.bfloat16().double() @ w.bfloat16().double().T
+    torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-2 * want.abs().max().item())
+    weight = torch.nn.Parameter(torch.zeros(136))
+    y = p._tiled_matmul(x.requires_grad_()) * weight  # tiles saved for the input's gradient
+    y.sum().backward()
+    assert_products_close(x.grad[None], torch.ones(1, 136) * weight.detach()[None], w.T)
+
+
 @pytest.mark.parametrize(
     ("machine", "flags", "expected"),
     [
@@ -539,3 +590,39 @@ def test_int_layout_is_measured_once_and_kept(monkeypatch, tmp_path):
         int_layout.prefers_row_blocks(module, isa, "int8")
     if "avx2" in ISAS:  # the AVX2 kernels take blocks only: no measurement, no override
         assert int_layout.prefers_row_blocks(module, "avx2", "int4") is True
+
+
+@needs_kernels
+@pytest.mark.skipif("avx512_bf16" not in ISAS, reason="needs native bf16 (AVX512-BF16)")
+def test_int4_prompt_path_is_measured_once_and_kept(monkeypatch, tmp_path):
+    """Where bf16 is native, whether int4 bf16 prompts go to the GEMM is measured once, kept
+    beside the kernels and read back; QWEN_AUDIO_INT4_PROMPTS overrides it; elsewhere the
+    kernels take them, unmeasured."""
+    from qwen_audio.model import int_layout
+
+    monkeypatch.setattr(K, "build_directory", lambda: tmp_path)
+    monkeypatch.setattr(int_layout, "_decided", {})
+    monkeypatch.delenv("QWEN_AUDIO_INT4_PROMPTS", raising=False)
+    calls = []
+    real = int_layout._time_prompt_paths
+
+    def timed(*args):
+        calls.append(args)
+        kernels_s, gemm_s = real(*args)
+        assert 0 < kernels_s < 10 and 0 < gemm_s < 10
+        return kernels_s, gemm_s
+
+    monkeypatch.setattr(int_layout, "_time_prompt_paths", timed)
+    first = int_layout.int4_prompts_on_gemm(module, "avx512_bf16")
+    assert isinstance(first, bool) and len(calls) == 1
+    monkeypatch.setattr(int_layout, "_decided", {})  # a new process: read from the file
+    assert int_layout.int4_prompts_on_gemm(module, "avx512_bf16") == first and len(calls) == 1
+    saved = (tmp_path / "int_layout.json").read_text()
+    assert f'"avx512_bf16:int4:bf16-prompts-on-gemm": {str(first).lower()}' in saved
+    assert int_layout.int4_prompts_on_gemm(module, "avx512") is False and len(calls) == 1
+    for forced, gemm in (("kernels", False), ("gemm", True)):
+        monkeypatch.setenv("QWEN_AUDIO_INT4_PROMPTS", forced)
+        assert int_layout.int4_prompts_on_gemm(module, "avx512_bf16") is gemm
+    monkeypatch.setenv("QWEN_AUDIO_INT4_PROMPTS", "amx")
+    with pytest.raises(ValueError, match="QWEN_AUDIO_INT4_PROMPTS"):
+        int_layout.int4_prompts_on_gemm(module, "avx512_bf16")

@@ -157,11 +157,13 @@ def test_row_blocks_on_avx2_answer_batched_as_single(checkpoints, monkeypatch, m
 def test_row_blocks_where_avx512_vnni_could_take_rows(checkpoints, monkeypatch, method):
     """On an AVX-512 CPU the layout is measured (model/int_layout.py) or named by
     QWEN_AUDIO_INT_LAYOUT. In blocks, int4 takes any number of rows on the kernels whatever the
-    activations' dtype (bf16 where native), int8 a bf16 prompt on the GEMM over dequantized
+    activations' dtype (bf16 where native) unless the bf16 GEMM is faster for prompts
+    (QWEN_AUDIO_INT4_PROMPTS, else measured), int8 a bf16 prompt on the GEMM over dequantized
     blocks. Greedy answers batched equal single ones, and the logits are the row layout's up to
     float32 summation order."""
     path = checkpoints("gqa3", init_std=0.02)
     monkeypatch.setenv("QWEN_AUDIO_INT_LAYOUT", "blocks8")
+    monkeypatch.setenv("QWEN_AUDIO_INT4_PROMPTS", "kernels")
     llm = LLM(path, quantize=method)
     packed = [m for m in llm.model.modules() if isinstance(m, PackedLinear) and m.format == method]
     assert packed and {m.layout for m in packed if m.out_features % 8 == 0} == {"blocks8"}
@@ -177,6 +179,31 @@ def test_row_blocks_where_avx512_vnni_could_take_rows(checkpoints, monkeypatch, 
     rows = LLM(path, quantize=method)
     assert {m.layout for m in rows.model.modules() if isinstance(m, PackedLinear)} == {"rows"}
     a, b = _prefill_logits(llm, _conv()), _prefill_logits(rows, _conv())
+    assert torch.nn.functional.cosine_similarity(a, b, dim=-1).min() > 0.999
+
+
+@pytest.mark.skipif(
+    K.int_row_kernels_isa() != "avx512_bf16", reason="needs AVX-512 VNNI and native bf16"
+)
+def test_int4_bf16_prompts_on_the_gemm(checkpoints, monkeypatch):
+    """Where the bf16 GEMM wins (AMX), int4 blocks send bf16 prompts to it over bf16 tiles
+    and keep decoding (up to 16 rows) on the kernels; the answers batched equal single ones,
+    and the prompt's logits are the kernels' path's up to its int8-rounded inputs."""
+    path = checkpoints("gqa3", init_std=0.02)
+    monkeypatch.setenv("QWEN_AUDIO_INT_LAYOUT", "blocks8")
+    monkeypatch.setenv("QWEN_AUDIO_INT4_PROMPTS", "gemm")
+    llm = LLM(path, quantize="int4", dtype="bfloat16")
+    packed = [m for m in llm.model.modules() if isinstance(m, PackedLinear) and m.format == "int4"]
+    with torch.inference_mode():
+        assert not packed[0].takes_kernel_rows(torch.zeros(40, packed[0].in_features).bfloat16())
+        assert packed[0].takes_kernel_rows(torch.zeros(16, packed[0].in_features).bfloat16())
+    params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+    convs = [_conv(seed) for seed in (1, 2, 3)]
+    batched = [out.token_ids for out in llm.chat(convs, params)]
+    assert batched == [llm.chat([conv], params)[0].token_ids for conv in convs]
+    monkeypatch.setenv("QWEN_AUDIO_INT4_PROMPTS", "kernels")
+    kernels = LLM(path, quantize="int4", dtype="bfloat16")
+    a, b = _prefill_logits(llm, _conv()), _prefill_logits(kernels, _conv())
     assert torch.nn.functional.cosine_similarity(a, b, dim=-1).min() > 0.999
 
 

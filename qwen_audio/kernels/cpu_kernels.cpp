@@ -30,7 +30,8 @@ enum Isa { kNone = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3, kNeon = 4, kAvx2V
 
 using GemvFn = void (*)(int, const void*, const uint16_t*, const float*, int64_t, int64_t, float*,
                         int64_t, int64_t, int64_t);
-using DequantFn = void (*)(int, const void*, const uint16_t*, int64_t, int64_t, int64_t, float*);
+using DequantFn = void (*)(int, const void*, const uint16_t*, int64_t, int64_t, int64_t, void*,
+                          bool);
 using AttentionFn = void (*)(int, const float*, const PagedHead&, const PagedHead&, float, float*,
                              float*);
 
@@ -628,40 +629,33 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch
   return linear_many(x, {w}, {s}, format, isa);
 }
 
-// The float32 rows [n0, n1) of a weight: (n1 - n0, K).
+// Rows [n0, n1) of a packed weight as float32, or as bf16 for a bf16 GEMM: the float32 values
+// rounded as .to(torch.bfloat16) rounds them, without the float32 tile in memory. Written into
+// `into` when given (a reused buffer of at least that many elements: a fresh tile of many MiB
+// costs its page faults at every call), else into a new tensor.
 torch::Tensor dequantize(const torch::Tensor& w, const torch::Tensor& s, int64_t format,
-                         int64_t isa, int64_t n0, int64_t n1) {
+                         int64_t isa, int64_t n0, int64_t n1, bool bf16,
+                         const c10::optional<torch::Tensor>& into) {
   const int64_t N = check_weight(w, s, format), K = inputs_of(w, format);
   TORCH_CHECK(K % kGroup == 0, "K must be a multiple of 32");
   TORCH_CHECK(0 <= n0 && n0 <= n1 && n1 <= N, "row range out of bounds");
-  auto out = torch::empty({n1 - n0, K}, torch::dtype(torch::kFloat));
+  const auto dtype = bf16 ? torch::kBFloat16 : torch::kFloat;
+  torch::Tensor out;
+  if (into.has_value()) {
+    TORCH_CHECK(into->is_contiguous() && into->scalar_type() == dtype && into->is_cpu() &&
+                    into->numel() >= (n1 - n0) * K,
+                "into: a contiguous CPU buffer of the tile's dtype and size");
+    out = into->view({-1}).narrow(0, 0, (n1 - n0) * K).view({n1 - n0, K});
+  } else {
+    out = torch::empty({n1 - n0, K}, torch::dtype(dtype));
+  }
   const Kernels k = kernels_for(isa);
   const void* wp = w.data_ptr();
   const uint16_t* sp = scales_ptr(s, format);
-  float* op = out.data_ptr<float>();
-  if (row_blocks(format)) {  // each row's bytes and scales gathered back, then as a row
-    const int64_t width = w.size(1), groups = K / kGroup, words = width / groups / 4;
-    const int row_format = format == kQ4x8 ? kQ4 : kQ8;
-    const auto* bytes = static_cast<const uint8_t*>(wp);
-    at::parallel_for(n0, n1, 8, [&](int64_t a, int64_t b) {
-      std::vector<uint8_t> row(width);
-      std::vector<uint16_t> scales(groups);
-      for (int64_t n = a; n < b; n++) {
-        const uint8_t* block = bytes + (n / 8) * 8 * width;  // quant.to_row_blocks' order
-        const uint16_t* block_scales = sp + (n / 8) * 8 * groups;
-        for (int64_t g = 0; g < groups; g++) {
-          for (int64_t j = 0; j < words; j++) {
-            std::memcpy(&row[(g * words + j) * 4], block + ((g * words + j) * 8 + n % 8) * 4, 4);
-          }
-          scales[g] = block_scales[g * 8 + n % 8];
-        }
-        k.dequantize(row_format, row.data(), scales.data(), K, 0, 1, op + (n - n0) * K);
-      }
-    });
-    return out;
-  }
+  auto* op = static_cast<uint8_t*>(out.data_ptr());
+  const int64_t row_bytes = K * out.element_size();
   at::parallel_for(n0, n1, 8, [&](int64_t a, int64_t b) {
-    k.dequantize(static_cast<int>(format), wp, sp, K, a, b, op + (a - n0) * K);
+    k.dequantize(static_cast<int>(format), wp, sp, K, a, b, op + (a - n0) * row_bytes, bf16);
   });
   return out;
 }
@@ -1007,7 +1001,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         nogil);
   m.def("int_inputs_path", &int_inputs_path, "whether linear takes any number of rows");
   m.def("prefers_row_blocks", &prefers_row_blocks, "whether int8/int4 go in 8-row blocks here");
-  m.def("dequantize", &dequantize, "float32 rows [n0, n1) of a packed weight", nogil);
+  m.def("dequantize", &dequantize, "float32 (or bf16) rows [n0, n1) of a packed weight",
+        py::arg("w"), py::arg("s"), py::arg("format"), py::arg("isa"), py::arg("n0"),
+        py::arg("n1"), py::arg("bf16") = false, py::arg("into") = py::none(), nogil);
   m.def("linear_many", &linear_many, "linear over several weights of one input, side by side",
         nogil);
   m.def("linear_bf16_native", &linear_bf16_native, "bf16 x @ bf16 w^T (AVX512-BF16)", nogil);

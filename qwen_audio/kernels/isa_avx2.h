@@ -30,6 +30,15 @@ struct V {
   static inline F fp16(const uint16_t* p) {
     return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p));
   }
+  static inline void store_bf16(uint16_t* p, F v) {  // rounded to nearest even, as PyTorch
+    const __m256i b = _mm256_castps_si256(v);
+    const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(1));
+    const __m256i bias = _mm256_add_epi32(odd, _mm256_set1_epi32(0x7FFF));
+    const __m256i top = _mm256_srli_epi32(_mm256_add_epi32(b, bias), 16);  // each < 2^16
+    const __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(top),
+                                            _mm256_extracti128_si256(top, 1));
+    _mm_storeu_si128((__m128i*)p, packed);
+  }
   static inline F from_bytes(__m128i b) {  // the low 8 signed bytes -> 8 floats
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
   }

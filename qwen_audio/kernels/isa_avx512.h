@@ -26,6 +26,13 @@ struct V {
   static inline F fp16(const uint16_t* p) {
     return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p));
   }
+  static inline void store_bf16(uint16_t* p, F v) {  // rounded to nearest even, as PyTorch
+    const __m512i b = _mm512_castps_si512(v);
+    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
+    const __m512i bias = _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF));
+    const __m512i top = _mm512_srli_epi32(_mm512_add_epi32(b, bias), 16);
+    _mm256_storeu_si256((__m256i*)p, _mm512_cvtepi32_epi16(top));
+  }
   static inline F from_bytes(__m128i b) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)); }
   static inline void q8(const int8_t* p, F out[2]) {
     out[0] = from_bytes(_mm_loadu_si128((const __m128i*)p));

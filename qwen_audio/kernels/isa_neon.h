@@ -29,6 +29,11 @@ struct V {
   static inline F fp16(const uint16_t* p) {
     return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p)));
   }
+  static inline void store_bf16(uint16_t* p, F v) {  // rounded to nearest even, as PyTorch
+    const uint32x4_t b = vreinterpretq_u32_f32(v);
+    const uint32x4_t odd = vandq_u32(vshrq_n_u32(b, 16), vdupq_n_u32(1));
+    vst1_u16(p, vshrn_n_u32(vaddq_u32(b, vaddq_u32(odd, vdupq_n_u32(0x7FFF))), 16));
+  }
   static inline void from_bytes(int8x16_t b, F out[4]) {  // 16 signed bytes -> 16 floats
     const int16x8_t lo = vmovl_s8(vget_low_s8(b)), hi = vmovl_s8(vget_high_s8(b));
     out[0] = vcvtq_f32_s32(vmovl_s16(vget_low_s16(lo)));

@@ -57,6 +57,30 @@ struct Q4Rows {
   }
 };
 
+// int4 / int8 in blocks of 8 rows (quant.to_row_blocks), a row's group at a time, for the
+// dequantized tiles of the prefill GEMM (the products read the blocks in row_blocks_body.h).
+// Block b holds rows 8b..8b+7; in it group g's bytes come as 4-byte runs, run j of row r at
+// ((g * words + j) * 8 + r) * 4, and group g's scales as 8, row r's at g * 8 + r.
+template <int kWords>  // 4-byte runs of a row's group: 4 for int4, 8 for int8
+struct BlockRows {
+  const uint8_t* q;
+  const uint16_t* s;
+  int64_t K;
+  inline void group(int64_t n, int64_t g, V::F out[kVecs]) const {
+    const int64_t groups = K / kGroup, r = n % 8;
+    const uint8_t* runs = q + (n / 8) * 8 * groups * kWords * 4 + g * kWords * 8 * 4;
+    alignas(16) uint8_t bytes[kWords * 4];
+    for (int j = 0; j < kWords; j++) std::memcpy(bytes + j * 4, runs + (j * 8 + r) * 4, 4);
+    if constexpr (kWords == 4) {
+      V::q4(bytes, out);
+    } else {
+      V::q8(reinterpret_cast<const int8_t*>(bytes), out);
+    }
+    const V::F scale = V::set1(V::half(s[(n / 8) * 8 * groups + g * 8 + r]));
+    for (int j = 0; j < kVecs; j++) out[j] = V::mul(out[j], scale);
+  }
+};
+
 // y[m * ldy + n] = sum_k x[m * ldx + k] * w[n, k] for MR rows m and the outputs n in [n0, n1).
 // Two accumulator chains per row hide the FMA latency. Their number does not depend on MR, so
 // a row's sums come out bit-identical whatever else is in the batch (batched == single).
@@ -158,15 +182,23 @@ void gemv_rows(const Rows& rows, const float* x, int64_t M, int64_t K, float* y,
   }
 }
 
+// Rows [n0, n1) of the weight into `out`: float32, or bf16 (rounded from the same float32
+// values as PyTorch's .to(torch.bfloat16) rounds them) for a bf16 GEMM.
 template <class Rows>
-void dequantize_rows(const Rows& rows, int64_t K, int64_t n0, int64_t n1, float* out) {
+void dequantize_rows(const Rows& rows, int64_t K, int64_t n0, int64_t n1, void* out, bool bf16) {
   const int64_t groups = K / kGroup;
   for (int64_t n = n0; n < n1; n++) {
-    float* o = out + (n - n0) * K;
     for (int64_t g = 0; g < groups; g++) {
       V::F w[kVecs];
       rows.group(n, g, w);
-      for (int j = 0; j < kVecs; j++) V::store(o + g * kGroup + j * V::W, w[j]);
+      const int64_t at = (n - n0) * K + g * kGroup;
+      for (int j = 0; j < kVecs; j++) {
+        if (bf16) {
+          V::store_bf16(static_cast<uint16_t*>(out) + at + j * V::W, w[j]);
+        } else {
+          V::store(static_cast<float*>(out) + at + j * V::W, w[j]);
+        }
+      }
     }
   }
 }
@@ -184,12 +216,26 @@ void gemv_float(int format, const void* w, const uint16_t* s, const float* x, in
 }
 
 void dequantize(int format, const void* w, const uint16_t* s, int64_t K, int64_t n0, int64_t n1,
-                float* out) {
+                void* out, bool bf16) {
   switch (format) {
-    case kBf16: dequantize_rows(Bf16Rows{static_cast<const uint16_t*>(w), K}, K, n0, n1, out); break;
-    case kFp16: dequantize_rows(Fp16Rows{static_cast<const uint16_t*>(w), K}, K, n0, n1, out); break;
-    case kQ8: dequantize_rows(Q8Rows{static_cast<const int8_t*>(w), s, K}, K, n0, n1, out); break;
-    case kQ4: dequantize_rows(Q4Rows{static_cast<const uint8_t*>(w), s, K}, K, n0, n1, out); break;
+    case kBf16:
+      dequantize_rows(Bf16Rows{static_cast<const uint16_t*>(w), K}, K, n0, n1, out, bf16);
+      break;
+    case kFp16:
+      dequantize_rows(Fp16Rows{static_cast<const uint16_t*>(w), K}, K, n0, n1, out, bf16);
+      break;
+    case kQ8:
+      dequantize_rows(Q8Rows{static_cast<const int8_t*>(w), s, K}, K, n0, n1, out, bf16);
+      break;
+    case kQ4:
+      dequantize_rows(Q4Rows{static_cast<const uint8_t*>(w), s, K}, K, n0, n1, out, bf16);
+      break;
+    case kQ4x8:
+      dequantize_rows(BlockRows<4>{static_cast<const uint8_t*>(w), s, K}, K, n0, n1, out, bf16);
+      break;
+    case kQ8x8:
+      dequantize_rows(BlockRows<8>{static_cast<const uint8_t*>(w), s, K}, K, n0, n1, out, bf16);
+      break;
     default: break;
   }
 }

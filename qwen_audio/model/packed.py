@@ -14,6 +14,8 @@ plain PyTorch on the same formats.
 
 from __future__ import annotations
 
+import threading
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,6 +25,24 @@ from . import int_layout, quant
 from .heap import return_freed_memory
 
 TILE_FLOATS = 1 << 20  # one dequantized tile: 4 MiB of float32, about an L2 cache or two
+# bf16 tiles feed the native bf16 GEMM (AMX on Sapphire Rapids), which ran faster the more
+# output rows one call had: 7B shapes, 128 prompt rows, int4 weights, 2 cores: 550-590
+# GFLOP/s with 2 MiB tiles, 660-710 with 8 MiB, ~800 with 32 MiB (in a reused buffer)
+BF16_TILE_ELEMENTS = 1 << 24
+_threads_tiles = threading.local()
+
+
+def _tile_buffer(elements: int, dtype: torch.dtype) -> torch.Tensor:
+    """This thread's buffer for dequantized tiles, at least `elements` of `dtype`: reused,
+    because a new tile of many MiB costs its page faults at every product (a 32 MiB tile:
+    8192 of them)."""
+    buffer = getattr(_threads_tiles, "buffer", None)
+    if buffer is None or buffer.dtype != dtype or buffer.numel() < elements:
+        buffer = torch.empty(elements, dtype=dtype)
+        _threads_tiles.buffer = buffer
+    return buffer
+
+
 QUANTIZE_CHUNK_FLOATS = 1 << 25  # rows quantized at once: 128 MiB of float32 temporaries
 
 
@@ -68,6 +88,8 @@ class PackedLinear(nn.Module):
         self.isa = 0
         # int8/int4 on the int8-input kernels, which take any number of rows (takes_any_rows)
         self.int_inputs_any_rows = False
+        # int4 in blocks: bf16 prompts on those kernels, not the bf16 GEMM (int_layout.py)
+        self.bf16_prompts_on_kernels = False
         # int8/int4: "rows" as stored, or "blocks8" (quant.to_row_blocks) once the kernels
         # that multiply that layout are attached; state_dict() always gives the rows
         self.layout = "rows"
@@ -100,6 +122,11 @@ class PackedLinear(nn.Module):
             self.weight, self.scales = quant.to_row_blocks(self.weight, self.scales)
             self.layout = "blocks8"
             return_freed_memory()  # the stored copy, else kept by glibc (7B int4: +0.76 GiB)
+        self.bf16_prompts_on_kernels = (
+            self.layout == "blocks8"
+            and self.format == "int4"
+            and not int_layout.int4_prompts_on_gemm(module, isa)
+        )
         return True
 
     @property
@@ -129,8 +156,9 @@ class PackedLinear(nn.Module):
 
     def takes_any_rows(self, dtype: torch.dtype) -> bool:
         """Whether the kernels multiply any number of rows of `dtype`: int8/int4 on x86-64, for
-        float32 rows, and for bf16 rows int4 in 8-row blocks. Their inputs are rounded to int8
-        per group of 32, as a decoded token's always are. int4 prompts gain speed that way
+        float32 rows, and for bf16 rows int4 in 8-row blocks unless the bf16 GEMM is faster
+        here (AMX: int_layout.int4_prompts_on_gemm). Their inputs are rounded to int8 per group
+        of 32, as a decoded token's always are. int4 prompts gain speed that way without AMX
         (Zen 4, 7B: 29.8 against 22.5 tok/s through the bf16 GEMM's dequantized tiles) at no
         cost in its quality; int8, the choice for quality, keeps a bf16 prompt's inputs on the
         GEMM (its logits cosine 0.99903 against 0.99891 with rounded inputs, for 7% speed)."""
@@ -138,7 +166,7 @@ class PackedLinear(nn.Module):
             return False
         if dtype == torch.float32:
             return True
-        return dtype == torch.bfloat16 and self.layout == "blocks8" and self.format == "int4"
+        return dtype == torch.bfloat16 and self.bf16_prompts_on_kernels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
@@ -165,25 +193,44 @@ class PackedLinear(nn.Module):
         compute = flat.dtype if flat.dtype in (torch.float32, torch.bfloat16) else torch.float32
         flat = flat.to(compute)
         N = self.out_features
-        tile = max(16, TILE_FLOATS // self.in_features)
+        elements = TILE_FLOATS if compute == torch.float32 else BF16_TILE_ELEMENTS
+        tile = max(16, elements // self.in_features)
+        starts = range(0, N, tile)
+        if torch.is_grad_enabled():  # autograd keeps every tile, and mm(out=...) has no grad
+            tiles = [self.dequantized(n0, min(N, n0 + tile), compute) for n0 in starts]
+            return torch.cat([flat @ w.T for w in tiles], dim=1)
+        into = None
+        if self.kernels is not None:
+            into = _tile_buffer(min(tile, N) * self.in_features, compute)
         if tile >= N:
-            return flat @ self.dequantized(0, N).to(compute).T
+            return flat @ self.dequantized(0, N, compute, into).T
         out = torch.empty(flat.shape[0], N, dtype=compute, device=flat.device)
-        for n0 in range(0, N, tile):
+        for n0 in starts:
             n1 = min(N, n0 + tile)
-            torch.mm(flat, self.dequantized(n0, n1).to(compute).T, out=out[:, n0:n1])
+            torch.mm(flat, self.dequantized(n0, n1, compute, into).T, out=out[:, n0:n1])
         return out
 
-    def dequantized(self, n0: int, n1: int) -> torch.Tensor:
-        """Output rows [n0, n1) of the weight in float32."""
+    def dequantized(
+        self,
+        n0: int,
+        n1: int,
+        dtype: torch.dtype = torch.float32,
+        into: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Output rows [n0, n1) of the weight in float32, or in bf16 rounded from those
+        (the kernels write bf16 tiles directly: no float32 tile to write, read and convert),
+        in the kernels' case written into `into` when given (see `_tile_buffer`)."""
         if self.kernels is not None:
             scales = self.scales if self.scales is not None else _NO_SCALES
-            return self.kernels.dequantize(
-                self.weight, scales, self.kernel_format, self.isa, n0, n1
+            bf16 = dtype == torch.bfloat16
+            tile = self.kernels.dequantize(
+                self.weight, scales, self.kernel_format, self.isa, n0, n1, bf16, into
             )
+            return tile.to(dtype)
         if self.format in quant.METHODS:
-            return quant.dequantize(self.format, self.weight[n0:n1], self.scales[n0:n1])
-        return self.weight[n0:n1].float()
+            w = quant.dequantize(self.format, self.weight[n0:n1], self.scales[n0:n1])
+            return w.to(dtype)
+        return self.weight[n0:n1].to(dtype)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, format={self.format}"
@@ -235,6 +282,7 @@ class StackedLinears:
                 layer.isa,
                 layer.kernels,
                 layer.int_inputs_any_rows,
+                layer.bf16_prompts_on_kernels,
             )
 
         alike = all(kind(layer) == kind(first) for layer in layers)

@@ -155,7 +155,7 @@ int main() {
       const int64_t N = shape[0], K = shape[1];
       const Weight w = make(format, N, K, rng);
       std::vector<float> deq(N * K);
-      neon::dequantize(format, w.data(), w.scales.data(), K, 0, N, deq.data());
+      neon::dequantize(format, w.data(), w.scales.data(), K, 0, N, deq.data(), false);
       for (int64_t n = 0; n < N; n++)
         for (int64_t k = 0; k < K; k++, checks++)
           if (deq[n * K + k] != w.at(n, k)) failures++;
