@@ -5,7 +5,8 @@ once and accumulate in float32. Many rows (prefill, the encoder) are compute bou
 multiplies bf16 natively the weight is dequantized one tile of output rows at a time for the bf16
 GEMM, so no more than one tile is ever held wide. int8/int4 weights stay on the kernels' int8-input
 products for any number of rows with float32 activations (AVX2, AVX-512 without BF16), and int4
-with bf16 ones once repacked in blocks of 8 rows (int_layout.py). On the 7B's shapes, 2 cores, int4
+with bf16 ones once repacked in blocks of 8 rows (int_layout.py), unless the bf16 GEMM is faster
+for prompts there (AMX: measured). On the 7B's shapes, 2 cores, int4
 blocks ran at 440-515 GFLOP/s with AVX2 on a Zen 5 VM, where dequantizing for the float32 GEMM
 reached ~180, and at 415-460 with AVX512-VNNI on a Zen 4, where a 7B int4 prompt prefilled at
 29.8 tok/s in blocks against 22.5 through the bf16 GEMM. Without the kernels every path runs in
@@ -25,6 +26,7 @@ from . import int_layout, quant
 from .heap import return_freed_memory
 
 TILE_FLOATS = 1 << 20  # one dequantized tile: 4 MiB of float32, about an L2 cache or two
+QUANTIZE_CHUNK_FLOATS = 1 << 25  # rows quantized at once: 128 MiB of float32 temporaries
 # bf16 tiles feed the native bf16 GEMM (AMX on Sapphire Rapids), which ran faster the more
 # output rows one call had: 7B shapes, 128 prompt rows, int4 weights, 2 cores: 550-590
 # GFLOP/s with 2 MiB tiles, 660-710 with 8 MiB, ~800 with 32 MiB (in a reused buffer)
@@ -33,17 +35,16 @@ _threads_tiles = threading.local()
 
 
 def _tile_buffer(elements: int, dtype: torch.dtype) -> torch.Tensor:
-    """This thread's buffer for dequantized tiles, at least `elements` of `dtype`: reused,
-    because a new tile of many MiB costs its page faults at every product (a 32 MiB tile:
-    8192 of them)."""
-    buffer = getattr(_threads_tiles, "buffer", None)
-    if buffer is None or buffer.dtype != dtype or buffer.numel() < elements:
+    """This thread's buffer for dequantized tiles of `dtype`, at least `elements` long:
+    reused, because a new tile of many MiB costs its page faults at every product (a 32 MiB
+    tile: 8192 of them)."""
+    if not hasattr(_threads_tiles, "buffers"):
+        _threads_tiles.buffers = {}
+    buffer = _threads_tiles.buffers.get(dtype)
+    if buffer is None or buffer.numel() < elements:
         buffer = torch.empty(elements, dtype=dtype)
-        _threads_tiles.buffer = buffer
+        _threads_tiles.buffers[dtype] = buffer
     return buffer
-
-
-QUANTIZE_CHUNK_FLOATS = 1 << 25  # rows quantized at once: 128 MiB of float32 temporaries
 
 
 def quantize_in_chunks(format: str, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
