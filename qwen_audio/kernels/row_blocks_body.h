@@ -92,7 +92,7 @@ struct RowBlocks {
     for (int64_t g = 0; g < groups; g++) {
       const uint8_t* runs = blk + g * kGroupBytes;
       for (int64_t line = 0; line < kGroupBytes; line += 64)
-        _mm_prefetch((const char*)(runs + kBlockReadAhead + line), _MM_HINT_T0);
+        _mm_prefetch((const char*)(runs + kBlockReadAhead + line), _MM_HINT_T1);
       __m256i w[8];  // int4: nibbles (w[2j] low, w[2j + 1] high of run j); int8: |run j|
       if constexpr (kQ4) {
         for (int j = 0; j < 4; j++) {

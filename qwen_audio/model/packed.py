@@ -23,7 +23,7 @@ from torch import nn
 
 from .. import kernels as K
 from . import int_layout, quant
-from .heap import return_freed_memory
+from .heap import HugePageArena, return_freed_memory
 
 TILE_FLOATS = 1 << 20  # one dequantized tile: 4 MiB of float32, about an L2 cache or two
 QUANTIZE_CHUNK_FLOATS = 1 << 25  # rows quantized at once: 128 MiB of float32 temporaries
@@ -106,8 +106,9 @@ class PackedLinear(nn.Module):
         want = _SIXTEEN[format]
         return cls(format, w.to(want), None, bias, linear.in_features, linear.out_features)
 
-    def use_kernels(self, module, isa: str) -> bool:
-        """Route this layer through the compiled kernels; False if its shape does not fit them."""
+    def use_kernels(self, module, isa: str, arena: HugePageArena | None = None) -> bool:
+        """Route this layer through the compiled kernels; False if its shape does not fit them.
+        Weights repacked for them are made in `arena` (huge pages) when given."""
         if module is None or self.in_features % K.GROUP or self.weight.device.type != "cpu":
             return False
         self.kernels, self.isa = module, K.ISA_IDS[isa]
@@ -120,7 +121,8 @@ class PackedLinear(nn.Module):
             and self.out_features % 8 == 0
             and int_layout.prefers_row_blocks(module, isa, self.format)
         ):
-            self.weight, self.scales = quant.to_row_blocks(self.weight, self.scales)
+            empty = torch.empty if arena is None else arena.empty
+            self.weight, self.scales = quant.to_row_blocks(self.weight, self.scales, empty)
             self.layout = "blocks8"
             return_freed_memory()  # the stored copy, else kept by glibc (7B int4: +0.76 GiB)
         self.bf16_prompts_on_kernels = (
@@ -335,7 +337,8 @@ def attach_kernels(model: nn.Module) -> str | None:
     if module is None:
         return None
     isa = K.selected_isa()
-    used = [layer.use_kernels(module, isa) for layer in layers]
+    arena = HugePageArena()  # the blocks this model's int8/int4 layers are repacked into
+    used = [layer.use_kernels(module, isa, arena) for layer in layers]
     if not any(used):
         return None
     from .fused_decode import FusedDecode

@@ -84,17 +84,24 @@ def quantize_int4(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return packed.reshape(N, K // 2), best_scale.reshape(N, K // GROUP)
 
 
-def to_row_blocks(q: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def to_row_blocks(
+    q: torch.Tensor, scale: torch.Tensor, empty=torch.empty
+) -> tuple[torch.Tensor, torch.Tensor]:
     """int8 (N, K) or int4 (N, K/2) and its scales (N, K/32) -> the same bytes in blocks of 8
     rows, the layout the AVX2 kernels multiply fastest (`kernels/row_blocks_body.h`). In a
     block, group g's bytes come as runs of 32 (4 for int4, 8 for int8): run j is bytes
     4j..4j+3 of each of the 8 rows; the scales come group by group, 8 each. Shapes stay; N must
-    be a multiple of 8."""
+    be a multiple of 8. `empty(shape, dtype)` makes the new tensors (heap.HugePageArena's)."""
     N, width = q.shape
     G = scale.shape[1]
     words = width // G // 4  # 4-byte words of a row's group
-    blocks = q.reshape(N // 8, 8, G, words, 4).permute(0, 2, 3, 1, 4).reshape(N, width)
-    return blocks, scale.reshape(N // 8, 8, G).permute(0, 2, 1).reshape(N, G)
+    blocks = empty((N, width), dtype=q.dtype)
+    blocks.view(N // 8, G, words, 8, 4).copy_(
+        q.reshape(N // 8, 8, G, words, 4).permute(0, 2, 3, 1, 4)
+    )
+    block_scales = empty((N, G), dtype=scale.dtype)
+    block_scales.view(N // 8, G, 8).copy_(scale.reshape(N // 8, 8, G).permute(0, 2, 1))
+    return blocks, block_scales
 
 
 def from_row_blocks(q: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
