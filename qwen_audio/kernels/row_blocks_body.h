@@ -72,7 +72,9 @@ inline __m256i q8_group_dot(const __m256i magnitude[8], const uint8_t* runs, con
 }
 
 // Bytes requested ahead of use: 4 KB. Without it, decoding one row read ~10% slower than the
-// row layout (int4); with it, 5-20% faster on the 2-core VM (2 KB: even; 8 KB: +3-8%).
+// row layout (int4); with it, 5-20% faster on the 2-core VM (2 KB: even; 8 KB: +3-8%). Into L2
+// (prefetcht1), which leaves L1's fill buffers to the loads: on a Sapphire Rapids VM 24.6 GB/s
+// against 23.2 into L1 and 19.2 without (7B int4 shapes, 1 row, 4 KiB pages; 2-16 KB alike).
 constexpr int64_t kBlockReadAhead = 4096;
 
 // Static members, so that a call never finds the other instruction set's copy by the
