@@ -112,11 +112,18 @@ def load_checkpoint(
             "(qwen-audio export --merge), then quantize"
         )
     # Quantize while reading, one weight at a time, unless an adapter must be merged first.
-    quantize_now = {}
-    if plan.quantize is not None and not packed_layout and adapter is None and dev.type == "cpu":
+    quantize_now, huge_pages = {}, frozenset()
+    if plan.packed and not packed_layout and adapter is None and dev.type == "cpu":
         with torch.device("meta"):
             layout = linear_formats(Qwen2AudioForConditionalGeneration(config), plan)
-        quantize_now = {n: f for n, f in layout.items() if f in prec.QUANTIZE_METHODS}
+        if plan.quantize is not None:
+            quantize_now = {n: f for n, f in layout.items() if f in prec.QUANTIZE_METHODS}
+        # the decoder's 16-bit weights, which every decoded token reads: in huge pages
+        huge_pages = frozenset(
+            f"{n}.weight"
+            for n, f in layout.items()
+            if f in ("bf16", "fp16") and n.startswith(DECODER_PREFIX)
+        )
     net = load_model(
         path,
         config,
@@ -125,6 +132,7 @@ def load_checkpoint(
         compute_dtype=plan.compute,
         packed=packed_layout,
         quantize=quantize_now,
+        huge_pages=huge_pages,
     )
     if adapter is not None:
         _merge(net, adapter)

@@ -61,3 +61,27 @@ def test_row_blocks_in_the_arena_equal_ordinary_ones():
     got = quant.to_row_blocks(q, s, heap.HugePageArena().empty)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     assert torch.equal(quant.from_row_blocks(*got)[0], q)
+
+
+def test_weights_read_into_the_arena_equal_the_file(tmp_path, monkeypatch):
+    """The decoder's 16-bit weights are read into huge pages instead of mapped: the same values,
+    converted when stored in another dtype, and a file cut short is named."""
+    from safetensors.torch import save_file
+
+    from qwen_audio.config import CheckpointError
+    from qwen_audio.model import loader
+
+    monkeypatch.setattr(heap, "HUGE_PAGE", 1 << 12)  # small tensors go to the arena too
+    weights = {"a": torch.randn(300, 128).bfloat16(), "b": torch.randn(64, 96)}
+    path = tmp_path / "model.safetensors"
+    save_file(weights, str(path))
+    arena = heap.HugePageArena()
+    a = loader._read_into(path, "a", torch.bfloat16, arena)
+    assert a.dtype == torch.bfloat16 and torch.equal(a, weights["a"])
+    b = loader._read_into(path, "b", torch.bfloat16, arena)  # float32 on disk
+    assert torch.equal(b, weights["b"].bfloat16())
+    cut = tmp_path / "cut.safetensors"
+    _, data_start = loader._entry(path, "a")
+    cut.write_bytes(path.read_bytes()[: data_start + 100])  # both tensors cut short
+    with pytest.raises(CheckpointError, match="a is cut short"):
+        loader._read_into(cut, "a", torch.bfloat16, arena)

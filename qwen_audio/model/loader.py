@@ -21,7 +21,7 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from ..config import CheckpointError, ModelConfig, read_json
-from .heap import return_freed_memory
+from .heap import HugePageArena, return_freed_memory
 from .packed import empty_packed, quantize_in_chunks, replace_linears
 from .qwen2 import RotaryEmbedding
 from .qwen2_audio import Qwen2AudioForConditionalGeneration
@@ -133,6 +133,7 @@ def load_model(
     compute_dtype: torch.dtype | None = None,
     packed: dict[str, str] | None = None,
     quantize: dict[str, str] | None = None,
+    huge_pages: frozenset[str] = frozenset(),
     show_progress: bool | None = None,
 ) -> Qwen2AudioForConditionalGeneration:
     """The model with its weights from `path`.
@@ -143,6 +144,10 @@ def load_model(
     whose packed tensors load as stored (memory-mapped). `quantize`: {linear layer: int8|int4}
     to quantize while reading: those weights are read into memory one at a time (not mapped, so
     their file pages never count in the process's memory) and only the packed copy is kept.
+    `huge_pages`: weights (the decoder's 16-bit linear layers, which decoding streams once per
+    token) read into a `HugePageArena` instead of mapped: the mapped file's 4 KiB pages cost a
+    TLB miss every 4 KiB (bf16, 7B shapes, one row on a Sapphire Rapids VM: 18 GB/s mapped, 30
+    in huge pages). Their RSS is the same either way.
     """
     compute = compute_dtype or dtype
     with torch.device("meta"):
@@ -181,6 +186,7 @@ def load_model(
 
     state: dict[str, torch.Tensor] = {}
     unexpected: list[str] = []
+    arena = HugePageArena()
     for f in files:
         try:
             with safe_open(str(f), framework="pt", device="cpu") as st:
@@ -205,6 +211,8 @@ def load_model(
                     if key in read_in:
                         entry, data_start = _entry(f, key)
                         tensor = _read_rows(f, entry, data_start, (0, entry["shape"][0]))
+                    elif key in huge_pages and device.type == "cpu":
+                        tensor = _read_into(f, key, dtype, arena)
                     else:
                         tensor = st.get_tensor(key)  # memory-mapped, not read yet
                     want = expected[key].shape
@@ -317,6 +325,29 @@ def _read_rows(path: Path, entry: dict, data_start: int, rows: tuple[int, int]) 
     if kind == "bf16":
         tensor = tensor.view(torch.bfloat16)
     return tensor.reshape([r1 - r0, *shape[1:]])
+
+
+def _read_into(path: Path, key: str, dtype: torch.dtype, arena: HugePageArena) -> torch.Tensor:
+    """A tensor of a safetensors file read into `arena` (in `dtype`), never mapped. A tensor
+    stored in another dtype is read, then converted into the arena."""
+    entry, data_start = _entry(path, key)
+    np_dtype, kind = _NUMPY_DTYPES[entry["dtype"]]
+    stored = torch.bfloat16 if kind == "bf16" else torch.from_numpy(np.empty(0, np_dtype)).dtype
+    shape = tuple(entry["shape"])
+    out = arena.empty(shape, dtype=dtype)
+    if stored != dtype:
+        out.copy_(_read_rows(path, entry, data_start, (0, shape[0])))
+        return out
+    view = memoryview(out.view(-1).view(torch.uint8).numpy())
+    with open(path, "rb", buffering=0) as fh:
+        fh.seek(data_start + entry["data_offsets"][0])
+        done = 0
+        while done < len(view):
+            got = fh.readinto(view[done:])
+            if not got:
+                raise CheckpointError(f"{path.name}: {key} is cut short (the file ends early)")
+            done += got
+    return out
 
 
 def quantize_unmapped(
