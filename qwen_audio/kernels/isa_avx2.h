@@ -42,16 +42,20 @@ struct V {
   static inline F from_bytes(__m128i b) {  // the low 8 signed bytes -> 8 floats
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
   }
-  static inline void q8(const int8_t* p, F out[4]) {
-    const __m128i a = _mm_loadu_si128((const __m128i*)p);
-    const __m128i b = _mm_loadu_si128((const __m128i*)(p + 16));
+  using B16 = __m128i;  // 16 bytes of int8/int4 weights
+  static inline B16 load16(const void* p) { return _mm_loadu_si128((const __m128i*)p); }
+  static inline B16 words16(uint32_t a, uint32_t b, uint32_t c, uint32_t d) {  // in registers
+    return _mm_set_epi32((int)d, (int)c, (int)b, (int)a);
+  }
+  static inline void q8(const int8_t* p, F out[4]) { q8_of(load16(p), load16(p + 16), out); }
+  static inline void q4(const uint8_t* p, F out[4]) { q4_of(load16(p), out); }
+  static inline void q8_of(B16 a, B16 b, F out[4]) {
     out[0] = from_bytes(a);
     out[1] = from_bytes(_mm_srli_si128(a, 8));
     out[2] = from_bytes(b);
     out[3] = from_bytes(_mm_srli_si128(b, 8));
   }
-  static inline void q4(const uint8_t* p, F out[4]) {
-    const __m128i b = _mm_loadu_si128((const __m128i*)p);
+  static inline void q4_of(B16 b, F out[4]) {
     const __m128i mask = _mm_set1_epi8(0x0F), eight = _mm_set1_epi8(8);
     const __m128i lo = _mm_sub_epi8(_mm_and_si128(b, mask), eight);  // weights 0..15
     const __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(b, 4), mask), eight);  // 16..31

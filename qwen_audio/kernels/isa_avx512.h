@@ -34,14 +34,20 @@ struct V {
     _mm256_storeu_si256((__m256i*)p, _mm512_cvtepi32_epi16(top));
   }
   static inline F from_bytes(__m128i b) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)); }
-  static inline void q8(const int8_t* p, F out[2]) {
-    out[0] = from_bytes(_mm_loadu_si128((const __m128i*)p));
-    out[1] = from_bytes(_mm_loadu_si128((const __m128i*)(p + 16)));
+  using B16 = __m128i;  // 16 bytes of int8/int4 weights
+  static inline B16 load16(const void* p) { return _mm_loadu_si128((const __m128i*)p); }
+  static inline B16 words16(uint32_t a, uint32_t b, uint32_t c, uint32_t d) {  // in registers
+    return _mm_set_epi32((int)d, (int)c, (int)b, (int)a);
   }
-  static inline void q4(const uint8_t* p, F out[2]) {
-    const __m128i b = _mm_loadu_si128((const __m128i*)p);
+  static inline void q8_of(B16 lo, B16 hi, F out[2]) {
+    out[0] = from_bytes(lo);
+    out[1] = from_bytes(hi);
+  }
+  static inline void q4_of(B16 b, F out[2]) {
     const __m128i mask = _mm_set1_epi8(0x0F), eight = _mm_set1_epi8(8);
     out[0] = from_bytes(_mm_sub_epi8(_mm_and_si128(b, mask), eight));
     out[1] = from_bytes(_mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(b, 4), mask), eight));
   }
+  static inline void q8(const int8_t* p, F out[2]) { q8_of(load16(p), load16(p + 16), out); }
+  static inline void q4(const uint8_t* p, F out[2]) { q4_of(load16(p), out); }
 };

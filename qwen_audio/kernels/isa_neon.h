@@ -41,12 +41,19 @@ struct V {
     out[2] = vcvtq_f32_s32(vmovl_s16(vget_low_s16(hi)));
     out[3] = vcvtq_f32_s32(vmovl_s16(vget_high_s16(hi)));
   }
-  static inline void q8(const int8_t* p, F out[8]) {
-    from_bytes(vld1q_s8(p), out);
-    from_bytes(vld1q_s8(p + 16), out + 4);
+  using B16 = uint8x16_t;  // 16 bytes of int8/int4 weights
+  static inline B16 load16(const void* p) { return vld1q_u8(static_cast<const uint8_t*>(p)); }
+  static inline B16 words16(uint32_t a, uint32_t b, uint32_t c, uint32_t d) {
+    const uint32_t words[4] = {a, b, c, d};
+    return vreinterpretq_u8_u32(vld1q_u32(words));
   }
-  static inline void q4(const uint8_t* p, F out[8]) {
-    const uint8x16_t b = vld1q_u8(p);
+  static inline void q8_of(B16 lo, B16 hi, F out[8]) {
+    from_bytes(vreinterpretq_s8_u8(lo), out);
+    from_bytes(vreinterpretq_s8_u8(hi), out + 4);
+  }
+  static inline void q8(const int8_t* p, F out[8]) { q8_of(load16(p), load16(p + 16), out); }
+  static inline void q4(const uint8_t* p, F out[8]) { q4_of(load16(p), out); }
+  static inline void q4_of(B16 b, F out[8]) {
     const int8x16_t eight = vdupq_n_s8(8);
     from_bytes(vsubq_s8(vreinterpretq_s8_u8(vandq_u8(b, vdupq_n_u8(0x0F))), eight), out);
     from_bytes(vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(b, 4)), eight), out + 4);
