@@ -33,6 +33,12 @@ float from_half(uint16_t bits) {
   return static_cast<float>(h);
 }
 
+uint16_t round_bf16(float v) {  // to nearest even, as PyTorch rounds (no NaN here)
+  uint32_t bits;
+  std::memcpy(&bits, &v, 4);
+  return static_cast<uint16_t>((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16);
+}
+
 uint16_t to_bf16(float v) {  // truncation is enough for test data
   uint32_t bits;
   std::memcpy(&bits, &v, 4);
@@ -159,6 +165,10 @@ int main() {
       for (int64_t n = 0; n < N; n++)
         for (int64_t k = 0; k < K; k++, checks++)
           if (deq[n * K + k] != w.at(n, k)) failures++;
+      std::vector<uint16_t> deq16(N * K);  // the bf16 tiles: rounded to nearest even
+      neon::dequantize(format, w.data(), w.scales.data(), K, 0, N, deq16.data(), true);
+      for (int64_t i = 0; i < N * K; i++, checks++)
+        if (deq16[i] != round_bf16(deq[i])) failures++;
       for (int64_t M : row_counts) {
         std::vector<float> x(M * K), y(M * N);
         for (auto& v : x) v = normal(rng);
