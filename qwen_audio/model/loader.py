@@ -2,7 +2,10 @@
 
 The model is built on the `meta` device and the tensors come straight from memory-mapped
 safetensors files (`assign=True`), so a checkpoint already in the target dtype costs no copy; a
-dtype conversion holds one tensor at a time twice, never the whole model.
+dtype conversion holds one tensor at a time twice, never the whole model. The weights a decoded
+token streams (the decoder's 16-bit linear layers on a CPU) are read into huge pages instead
+(`huge_pages`), one at a time, and int8/int4 ones into ordinary memory: their file pages never
+count in the process beside the copy.
 """
 
 from __future__ import annotations
