@@ -377,7 +377,7 @@ void gemv(int format, const void* w, const uint16_t* s, const float* x, int64_t 
 // bf16 inputs times bf16 weights with AVX512-BF16's pair dot product (`vdpbf16ps`), bf16 out:
 // the native-bf16 decode path (34 vs 15 GB/s for PyTorch's bf16 GEMM on one core there).
 #pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512bf16")
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,avx512bf16")
 namespace avx512_bf16 {
 inline uint16_t to_bf16(float value) {  // round to nearest even
   uint32_t bits;
@@ -411,6 +411,43 @@ void dispatch(int rows, const uint16_t* x, const uint16_t* w, uint16_t* y, int64
     dispatch<M - 1>(rows, x, w, y, K, N, n0, n1);
   }
 }
+
+// The prefill GEMM's bf16 tiles through `vcvtne2ps2bf16` (32 floats to bf16 in one instruction,
+// rounded to nearest even), where avx512::dequantize rounds in integer instructions: on a
+// Sapphire Rapids VM the tiles are compute bound. Same bits: it treats subnormal floats as 0,
+// and none arise from int8/int4 (an integer times an fp16 scale) or fp16 weights; bf16 weights,
+// which can hold float32 subnormals, keep the integer rounding.
+template <class Rows>
+void bf16_tiles(const Rows& rows, int64_t K, int64_t n0, int64_t n1, uint16_t* out) {
+  const int64_t groups = K / kGroup;
+  for (int64_t n = n0; n < n1; n++) {
+    for (int64_t g = 0; g < groups; g++) {
+      __m512 w[2];  // weights 0..15, 16..31 of the group
+      rows.group(n, g, w);
+      const __m512bh both = _mm512_cvtne2ps_pbh(w[1], w[0]);  // w[0]'s in the low half
+      _mm512_storeu_si512(out + (n - n0) * K + g * kGroup, (__m512i)both);
+    }
+  }
+}
+
+void dequantize(int format, const void* w, const uint16_t* s, int64_t K, int64_t n0, int64_t n1,
+                void* out, bool bf16) {
+  auto* tile = static_cast<uint16_t*>(out);
+  const auto* bytes = static_cast<const uint8_t*>(w);
+  if (bf16) {
+    switch (format) {
+      case kFp16:
+        return bf16_tiles(avx512::Fp16Rows{static_cast<const uint16_t*>(w), K}, K, n0, n1, tile);
+      case kQ8:
+        return bf16_tiles(avx512::Q8Rows{static_cast<const int8_t*>(w), s, K}, K, n0, n1, tile);
+      case kQ4: return bf16_tiles(avx512::Q4Rows{bytes, s, K}, K, n0, n1, tile);
+      case kQ4x8: return bf16_tiles(avx512::BlockRows<4>{bytes, s, K}, K, n0, n1, tile);
+      case kQ8x8: return bf16_tiles(avx512::BlockRows<8>{bytes, s, K}, K, n0, n1, tile);
+      default: break;
+    }
+  }
+  avx512::dequantize(format, w, s, K, n0, n1, out, bf16);
+}
 }  // namespace avx512_bf16
 #pragma GCC pop_options
 #endif  // x86
@@ -441,8 +478,8 @@ Kernels kernels_for(int64_t isa) {
 #if defined(QWEN_AUDIO_X86)
   if (isa == kAvx2 || isa == kAvx2Vnni)
     return {avx2::gemv, avx2::dequantize, avx2::attention};
-  if (isa == kAvx512 || isa == kAvx512Bf16)
-    return {avx512::gemv, avx512::dequantize, avx512::attention};
+  if (isa == kAvx512) return {avx512::gemv, avx512::dequantize, avx512::attention};
+  if (isa == kAvx512Bf16) return {avx512::gemv, avx512_bf16::dequantize, avx512::attention};
 #endif
 #if defined(__aarch64__)
   if (isa == kNeon)
