@@ -556,6 +556,25 @@ def test_kernel_calls_let_other_python_threads_run():
     assert ticks > 20, ticks
 
 
+def _counted_measurements(monkeypatch, tmp_path, timer: str, override: str) -> list:
+    """int_layout with an empty cache in tmp_path, no `override` variable set, and the calls
+    of its `timer` counted in the list returned."""
+    from qwen_audio.model import int_layout
+
+    monkeypatch.setattr(K, "build_directory", lambda: tmp_path)
+    monkeypatch.setattr(int_layout, "_decided", {})
+    monkeypatch.delenv(override, raising=False)
+    calls = []
+    real = getattr(int_layout, timer)
+
+    def timed(*args):
+        calls.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(int_layout, timer, timed)
+    return calls
+
+
 @needs_kernels
 @pytest.mark.skipif(K.int_row_kernels_isa() is None, reason="needs AVX-512 VNNI")
 def test_int_layout_is_measured_once_and_kept(monkeypatch, tmp_path):
@@ -564,17 +583,7 @@ def test_int_layout_is_measured_once_and_kept(monkeypatch, tmp_path):
     from qwen_audio.model import int_layout
 
     isa = K.int_row_kernels_isa()
-    monkeypatch.setattr(K, "build_directory", lambda: tmp_path)
-    monkeypatch.setattr(int_layout, "_decided", {})
-    monkeypatch.delenv("QWEN_AUDIO_INT_LAYOUT", raising=False)
-    calls = []
-    real = int_layout._time_both
-
-    def timed(*args):
-        calls.append(args)
-        return real(*args)
-
-    monkeypatch.setattr(int_layout, "_time_both", timed)
+    calls = _counted_measurements(monkeypatch, tmp_path, "_time_both", "QWEN_AUDIO_INT_LAYOUT")
     first = int_layout.prefers_row_blocks(module, isa, "int4")
     assert isinstance(first, bool) and len(calls) == 1
     assert int_layout.prefers_row_blocks(module, isa, "int4") == first and len(calls) == 1
@@ -600,19 +609,8 @@ def test_int4_prompt_path_is_measured_once_and_kept(monkeypatch, tmp_path):
     kernels take them, unmeasured."""
     from qwen_audio.model import int_layout
 
-    monkeypatch.setattr(K, "build_directory", lambda: tmp_path)
-    monkeypatch.setattr(int_layout, "_decided", {})
-    monkeypatch.delenv("QWEN_AUDIO_INT4_PROMPTS", raising=False)
-    calls = []
-    real = int_layout._time_prompt_paths
-
-    def timed(*args):
-        calls.append(args)
-        kernels_s, gemm_s = real(*args)
-        assert 0 < kernels_s < 10 and 0 < gemm_s < 10
-        return kernels_s, gemm_s
-
-    monkeypatch.setattr(int_layout, "_time_prompt_paths", timed)
+    timer, override = "_time_prompt_paths", "QWEN_AUDIO_INT4_PROMPTS"
+    calls = _counted_measurements(monkeypatch, tmp_path, timer, override)
     first = int_layout.int4_prompts_on_gemm(module, "avx512_bf16")
     assert isinstance(first, bool) and len(calls) == 1
     monkeypatch.setattr(int_layout, "_decided", {})  # a new process: read from the file
