@@ -85,3 +85,16 @@ def test_weights_read_into_the_arena_equal_the_file(tmp_path, monkeypatch):
     cut.write_bytes(path.read_bytes()[: data_start + 100])  # both tensors cut short
     with pytest.raises(CheckpointError, match="a is cut short"):
         loader._read_into(cut, "a", torch.bfloat16, arena)
+
+
+@needs_thp
+def test_arena_without_a_mapping_gives_ordinary_tensors(monkeypatch):
+    """A mapping refused (ulimit -v, strict overcommit) costs the huge pages, not the load."""
+
+    def refused(nbytes):
+        raise OSError(12, "Cannot allocate memory")
+
+    arena = heap.HugePageArena()
+    monkeypatch.setattr(arena, "_new_chunk", refused)
+    t = arena.empty((1024, 4096), dtype=torch.int8)
+    assert t.shape == (1024, 4096) and t.untyped_storage().nbytes() == 1024 * 4096

@@ -68,7 +68,10 @@ class HugePageArena:
         if nbytes < HUGE_PAGE or not self.available():
             return torch.empty(shape, dtype=dtype)
         if self._chunk is None or self._used + nbytes > self._chunk.numel():
-            self._chunk = self._new_chunk(max(ARENA_CHUNK, nbytes))
+            try:
+                self._chunk = self._new_chunk(max(ARENA_CHUNK, nbytes))
+            except OSError:  # no address space or mapping left (ulimit -v, overcommit off)
+                return torch.empty(shape, dtype=dtype)
             self._used = (-self._chunk.data_ptr()) % HUGE_PAGE  # start on a huge page
         start = self._used
         self._used = -(-(start + nbytes) // 64) * 64
