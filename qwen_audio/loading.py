@@ -23,7 +23,7 @@ from torch import nn
 
 from . import precision as prec
 from .config import CheckpointError, GenerationDefaults, ModelConfig, default_model
-from .model.loader import load_model, resolve_model_path, weight_files
+from .model.loader import FLOAT_DTYPES, load_model, resolve_model_path, weight_files
 from .model.packed import PackedLinear, attach_kernels, replace_linears
 from .model.qwen2_audio import Qwen2AudioForConditionalGeneration
 from .prompt import PromptRenderer, load_chat_template
@@ -190,15 +190,12 @@ def stored_dtype(path: Path) -> torch.dtype:
         with safe_open(str(first), framework="pt") as st:
             for key in st.keys():
                 sl = st.get_slice(key)
-                dtype = _SAFETENSORS_DTYPES.get(sl.get_dtype())
+                dtype = FLOAT_DTYPES.get(sl.get_dtype())
                 if dtype is not None:
                     best[dtype] = best.get(dtype, 0) + math.prod(sl.get_shape())
     except SafetensorError as err:
         raise CheckpointError(f"cannot read {first}: {err}") from None
     return max(best, key=best.get) if best else torch.float32
-
-
-_SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
 
 
 def read_packed_layout(path: Path) -> dict[str, str]:

@@ -47,10 +47,8 @@ def prefers_row_blocks(module, isa: str, format: str) -> bool:
         return True  # the AVX2 kernels multiply int8/int4 here: the blocks, always
     if not module.int_inputs_path(K.FORMAT_IDS[format], isa_id, 4096):
         return False  # no block kernels for this instruction set (NEON)
-    forced = os.environ.get("QWEN_AUDIO_INT_LAYOUT", "").strip().lower()
+    forced = _override("QWEN_AUDIO_INT_LAYOUT", LAYOUTS)
     if forced:
-        if forced not in LAYOUTS:
-            raise ValueError(f"QWEN_AUDIO_INT_LAYOUT={forced!r}: expected rows or blocks8")
         return forced == "blocks8"
     key = f"{isa}:{format}"
     if key not in _decided:
@@ -62,10 +60,8 @@ def int4_prompts_on_gemm(module, isa: str) -> bool:
     """Whether bf16 prompts times int4 weights in 8-row blocks go to the bf16 GEMM over
     dequantized tiles (True) or stay on the int8-input kernels. Measured only where bf16 is
     native (AVX512-BF16): elsewhere PyTorch's bf16 GEMM is emulated, and the kernels win."""
-    forced = os.environ.get("QWEN_AUDIO_INT4_PROMPTS", "").strip().lower()
+    forced = _override("QWEN_AUDIO_INT4_PROMPTS", PROMPT_PATHS)
     if forced:
-        if forced not in PROMPT_PATHS:
-            raise ValueError(f"QWEN_AUDIO_INT4_PROMPTS={forced!r}: expected kernels or gemm")
         return forced == "gemm"
     if isa != "avx512_bf16":
         return False
@@ -73,6 +69,14 @@ def int4_prompts_on_gemm(module, isa: str) -> bool:
     if key not in _decided:
         _decided[key] = _cached_or_measured(key, lambda: _gemm_wins(module, isa))
     return _decided[key]
+
+
+def _override(variable: str, choices: tuple[str, ...]) -> str | None:
+    """The choice an environment variable names (None when unset); a ValueError for another."""
+    forced = os.environ.get(variable, "").strip().lower()
+    if forced and forced not in choices:
+        raise ValueError(f"{variable}={forced!r}: expected {' or '.join(choices)}")
+    return forced or None
 
 
 def _cached_or_measured(key: str, measure) -> bool:
@@ -144,7 +148,8 @@ def _time_prompt_paths(module, isa: str) -> tuple[float, float]:
     int8-input kernels, and as the GEMM over the weight dequantized to bf16 (as
     PackedLinear._tiled_matmul does it, in one tile)."""
     gen = torch.Generator().manual_seed(0)
-    q, s = module.quantize(torch.randn(4096, 4096, generator=gen), K.FORMAT_IDS["int4"], 1)
+    weight = torch.randn(4096, 4096, generator=gen)
+    q, s = module.quantize(weight, K.FORMAT_IDS["int4"], K.ISA_IDS["avx2"])
     qb, sb = quant.to_row_blocks(q, s)
     x = torch.randn(128, 4096, generator=gen).bfloat16()
     fmt, isa_id = K.BLOCKS8_FORMAT_IDS["int4"], K.ISA_IDS[isa]

@@ -270,6 +270,8 @@ _NUMPY_DTYPES = {
 
 
 EMBEDDING = "language_model.model.embed_tokens.weight"
+# safetensors' names of the floating dtypes
+FLOAT_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
 
 
 def _read_ahead(path: Path, key: str) -> None:
@@ -334,11 +336,9 @@ def _read_into(path: Path, key: str, dtype: torch.dtype, arena: HugePageArena) -
     """A tensor of a safetensors file read into `arena` (in `dtype`), never mapped. A tensor
     stored in another dtype is read, then converted into the arena."""
     entry, data_start = _entry(path, key)
-    np_dtype, kind = _NUMPY_DTYPES[entry["dtype"]]
-    stored = torch.bfloat16 if kind == "bf16" else torch.from_numpy(np.empty(0, np_dtype)).dtype
     shape = tuple(entry["shape"])
     out = arena.empty(shape, dtype=dtype)
-    if stored != dtype:
+    if FLOAT_DTYPES.get(entry["dtype"]) != dtype:
         out.copy_(_read_rows(path, entry, data_start, (0, shape[0])))
         return out
     view = memoryview(out.view(-1).view(torch.uint8).numpy())
