@@ -247,11 +247,13 @@ VNNI_ISAS = [isa for isa in ("avx2_vnni", "avx512", "avx512_bf16") if isa in ISA
 @pytest.mark.skipif(not VNNI_ISAS, reason="needs a CPU with AVX-VNNI or AVX-512")
 @pytest.mark.parametrize("vnni_isa", VNNI_ISAS)
 @pytest.mark.parametrize("fmt", ["int8", "int4"])
-@pytest.mark.parametrize("rows", [1, 3, 6, 20])
-def test_row_blocks_with_vnni_give_the_avx2_bits(vnni_isa, fmt, rows):
-    """AVX-VNNI's and AVX512-VNNI's `vpdpbusd` (on AVX-512 CPUs that have it): the integer sums
-    are exact with either instruction, so the float results are the same."""
-    p = packed(fmt, 64, 352, seed=rows)
+@pytest.mark.parametrize("rows", [1, 3, 6, 9, 20])
+@pytest.mark.parametrize("outputs", [64, 72])  # 72: a lone block after AVX-512's pairs
+def test_row_blocks_with_vnni_give_the_avx2_bits(vnni_isa, fmt, rows, outputs):
+    """AVX-VNNI's and AVX512-VNNI's `vpdpbusd` (on AVX-512 CPUs that have it; pairs of blocks in
+    512-bit registers there, int8's sign taken off as an offset): the integer sums are exact
+    with any of them, so the float results are the same."""
+    p = packed(fmt, outputs, 352, seed=rows)
     blocks, scales = quant.to_row_blocks(p.weight, p.scales)
     x = torch.randn(rows, 352) * 3
     blocks8 = K.BLOCKS8_FORMAT_IDS[fmt]

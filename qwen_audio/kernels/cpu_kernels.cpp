@@ -229,9 +229,10 @@ using avx2::QuantizedRows;
 }  // namespace avx2_vnni
 #pragma GCC pop_options
 
-// The same blocks with AVX512-VNNI's 256-bit `vpdpbusd` (EVEX), for AVX-512 CPUs without the
-// VEX one (Zen 4, Ice Lake, Sapphire Rapids before AVX-VNNI...): where the blocks beat the
-// 512-bit row kernels below (model/int_layout.py measures it; on a Zen 4 they do).
+// The same blocks for AVX-512 CPUs with VNNI (Ice Lake, Sapphire Rapids, Zen 4 and later), where
+// they beat the 512-bit row kernels below (model/int_layout.py measures it; on a Zen 4 and a
+// Sapphire Rapids they do): two blocks at a time in 512-bit registers (row_block_pairs.h), and
+// a lone last block with the 256-bit EVEX `vpdpbusd`.
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")
 namespace avx512_vnni_blocks {
@@ -242,6 +243,7 @@ using avx2::QuantizedRows;
 #include "row_blocks_body.h"
 #undef ROW_BLOCKS_DPBUSD
 #undef ROW_BLOCKS_VNNI
+#include "row_block_pairs.h"
 }  // namespace avx512_vnni_blocks
 #pragma GCC pop_options
 
@@ -630,8 +632,8 @@ torch::Tensor linear_many(const torch::Tensor& x, const std::vector<torch::Tenso
       if (isa == kAvx2Vnni) {
         int4 = avx2_vnni::RowBlocks<true>::gemv, int8 = avx2_vnni::RowBlocks<false>::gemv;
       } else if (avx512_vnni_usable(isa)) {
-        int4 = avx512_vnni_blocks::RowBlocks<true>::gemv;
-        int8 = avx512_vnni_blocks::RowBlocks<false>::gemv;
+        int4 = avx512_vnni_blocks::RowBlockPairs<true>::gemv;
+        int8 = avx512_vnni_blocks::RowBlockPairs<false>::gemv;
       }
       const auto blocks = format == kQ4x8 ? int4 : int8;
       at::parallel_for(0, NT / 8, 2, [&](int64_t a, int64_t b) {
