@@ -306,6 +306,54 @@ def test_packed_layers_take_row_blocks_on_avx2_and_save_rows(fmt):
     assert torch.equal(p.dequantized(5, 29).double(), w[5:29])
 
 
+AMX = module is not None and "avx512_bf16" in ISAS and module.amx_usable(K.ISA_IDS["avx512_bf16"])
+needs_amx = pytest.mark.skipif(not AMX, reason="needs a CPU with AMX-BF16 (Linux)")
+
+
+@needs_amx
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+@pytest.mark.parametrize("rows", [1, 17, 32, 45, 100])
+def test_amx_prompts_equal_the_gemm_over_dequantized_weights(fmt, rows):
+    """bf16 rows times int8/int4 blocks on AMX: the bf16 weights the tile path makes, float32
+    sums (to float32 rounding of the exact product, then bf16's), and each row the same bits
+    whatever other rows come with it (batched == single); 1, 3 and 128 groups, 32 to 160
+    outputs (several passes of 32)."""
+    blocks8 = K.BLOCKS8_FORMAT_IDS[fmt]
+    for n, k in [(32, 32), (64, 96), (160, 4096)]:
+        p = packed(fmt, n, k, seed=rows + n)
+        blocks, scales = quant.to_row_blocks(p.weight, p.scales)
+        x = (torch.randn(rows, k) * 2).bfloat16()
+        y = module.amx_prompt_linear(x, blocks, scales, blocks8)
+        assert y.dtype == torch.bfloat16 and y.shape == (rows, n)
+        w = reference_weight(p).bfloat16().double()  # the tile path's bf16 weights
+        exact = x.double() @ w.T
+        bound = 2e-6 * (x.double().abs() @ w.abs().T) + 2.0**-8 * exact.abs() + 1e-30
+        assert ((y.double() - exact).abs() <= bound).all()
+        for i in (0, rows // 2, rows - 1):
+            assert torch.equal(
+                module.amx_prompt_linear(x[i : i + 1], blocks, scales, blocks8)[0], y[i]
+            )
+
+
+@needs_amx
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_packed_layers_send_bf16_prompts_to_amx(fmt):
+    """A layer in blocks with AMX: bf16 prompts (more than 16 rows) take amx_prompt_linear,
+    whose bias is added as on every path; decoded rows and float32 rows keep their paths, and
+    a lower instruction set (QWEN_AUDIO_ISA=avx512) turns AMX off."""
+    p = packed(fmt, 64, 128, seed=3, bias=True)
+    assert p.use_kernels(module, "avx512_bf16") and p.layout == "blocks8" and p.amx_prompts
+    x = torch.randn(40, 128).bfloat16()
+    with torch.inference_mode():
+        y = p(x)
+    direct = module.amx_prompt_linear(x, p.weight, p.scales, p.kernel_format)
+    assert torch.equal(y, direct + p.bias)  # the bias in its own dtype, as on every path
+    lower = packed(fmt, 64, 128, seed=3)
+    assert lower.use_kernels(module, "avx512") and not lower.amx_prompts
+    odd = packed(fmt, 72, 128, seed=3)  # 72 outputs: not whole passes of 32
+    assert odd.use_kernels(module, "avx512_bf16") and not odd.amx_prompts
+
+
 def _scattered_pool(kv_heads, contexts, block_size, head_dim, dtype):
     """A layer of a KV pool whose sequences' blocks are scattered, and their block tables, the
     short rows padded with their first block as the engine pads them."""

@@ -40,6 +40,11 @@ using AttentionFn = void (*)(int, const float*, const PagedHead&, const PagedHea
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 #define QWEN_AUDIO_X86 1
+#if defined(__linux__)
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
@@ -246,6 +251,17 @@ using avx2::QuantizedRows;
 #include "row_block_pairs.h"
 }  // namespace avx512_vnni_blocks
 #pragma GCC pop_options
+
+// bf16 prompts times int8/int4 blocks on AMX (amx_bf16_blocks.h), where amx_usable().
+#if defined(__linux__)
+#define QWEN_AUDIO_AMX 1
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,amx-tile,amx-bf16")
+namespace amx {
+#include "amx_bf16_blocks.h"
+}  // namespace amx
+#pragma GCC pop_options
+#endif
 
 // The same int8-input products with AVX512-VNNI (Ice Lake and later, Zen 4 and later): two groups
 // of 32 weights per 512-bit register and `vpdpbusd` (64 byte products into 16 int32 sums in one
@@ -578,6 +594,26 @@ bool avx512_vnni_usable(int64_t isa) {
 }
 #endif
 
+// Whether bf16 prompts may meet int8/int4 blocks on AMX (amx_prompt_linear): the instruction
+// set is the top one (QWEN_AUDIO_ISA=avx512 or lower turns AMX off), the CPU has AMX-TILE and
+// AMX-BF16, and Linux lets this process use the tile registers (arch_prctl asks for them).
+bool amx_usable(int64_t isa) {
+#if defined(QWEN_AUDIO_AMX)
+  static const bool usable = [] {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+    const unsigned amx_bf16 = 1u << 22, amx_tile = 1u << 24;
+    if ((d & amx_bf16) == 0 || (d & amx_tile) == 0) return false;
+    const long request_permission = 0x1023, tile_data = 18;  // ARCH_REQ_XCOMP_PERM, XTILEDATA
+    return syscall(SYS_arch_prctl, request_permission, tile_data) == 0;
+  }();
+  return isa == kAvx512Bf16 && usable;
+#else
+  (void)isa;
+  return false;
+#endif
+}
+
 // Whether int8/int4 weights must be repacked in 8-row blocks (kQ8x8 / kQ4x8) for this
 // instruction set: where their products run on the AVX2 kernels (AVX2 CPUs, AVX-512 without
 // VNNI). With AVX-512 VNNI both layouts have kernels; model/int_layout.py measures which wins.
@@ -792,6 +828,38 @@ torch::Tensor linear_bf16_native_many(const torch::Tensor& x, const std::vector<
 // y (M, N) bf16 = x (M, K) bf16 @ w (N, K) bf16^T with AVX512-BF16, for M <= 16.
 torch::Tensor linear_bf16_native(const torch::Tensor& x, const torch::Tensor& w) {
   return linear_bf16_native_many(x, {w});
+}
+
+// y (M, N) bf16 = x (M, K) bf16 @ weight^T for int8/int4 weights in 8-row blocks with N a
+// multiple of 32, on AMX (amx_usable): PackedLinear's bf16 prompts.
+torch::Tensor amx_prompt_linear(const torch::Tensor& x, const torch::Tensor& w,
+                                const torch::Tensor& s, int64_t format) {
+#if defined(QWEN_AUDIO_AMX)
+  TORCH_CHECK(amx_usable(kAvx512Bf16), "AMX-BF16 is not usable on this CPU");
+  TORCH_CHECK(format == kQ4x8 || format == kQ8x8, "int8/int4 weights in 8-row blocks");
+  const int64_t N = check_weight(w, s, format), K = inputs_of(w, format);
+  TORCH_CHECK(x.scalar_type() == torch::kBFloat16 && x.dim() == 2 && x.size(1) == K,
+              "x: bfloat16 (M, K) with K = the weight's inputs");
+  TORCH_CHECK(N % amx::kOutputs == 0 && K % kGroup == 0, "N a multiple of 32, K of 32");
+  const int64_t M = x.size(0);
+  auto y = torch::empty({M, N}, x.options());
+  if (M == 0) return y;
+  const int64_t padded = (M + amx::kRowsPerPass - 1) / amx::kRowsPerPass * amx::kRowsPerPass;
+  auto xp = torch::zeros({padded, K}, x.options());  // whole tiles of input rows
+  xp.narrow(0, 0, M).copy_(x);
+  const auto* xq = reinterpret_cast<const uint16_t*>(xp.data_ptr());
+  auto* yp = reinterpret_cast<uint16_t*>(y.data_ptr());
+  const auto* wp = static_cast<const uint8_t*>(w.data_ptr());
+  const uint16_t* sp = scales_ptr(s, format);
+  const auto gemm = format == kQ4x8 ? amx::gemm<true> : amx::gemm<false>;
+  at::parallel_for(0, N / amx::kOutputs, 1, [&](int64_t a, int64_t b) {
+    gemm(xq, M, K, wp, sp, yp, N, a * amx::kOutputs, b * amx::kOutputs);
+  });
+  return y;
+#else
+  (void)x, (void)w, (void)s, (void)format;
+  TORCH_CHECK(false, "AMX kernels exist only on x86-64 Linux");
+#endif
 }
 
 std::vector<int64_t> compiled_isas() {
@@ -1050,6 +1118,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         nogil);
   m.def("paged_decode_attention", &paged_decode_attention,
         "one new token per sequence against its keys and values in the paged pool", nogil);
+  m.def("amx_usable", &amx_usable, "whether bf16 prompts may meet int8/int4 blocks on AMX");
+  m.def("amx_prompt_linear", &amx_prompt_linear, "bf16 x @ int8/int4 blocks^T on AMX", nogil);
   m.def("compiled_isas", &compiled_isas, "instruction sets in this build");
   register_decoder_stack(m);
 }

@@ -146,7 +146,7 @@ def _time_both(module, isa: str, format: str) -> tuple[float, float]:
 def _time_prompt_paths(module, isa: str) -> tuple[float, float]:
     """Best-of seconds of 128 bf16 rows times a 4096 x 4096 int4 weight in blocks: on the
     int8-input kernels, and as the GEMM over the weight dequantized to bf16 (as
-    PackedLinear._tiled_matmul does it, in one tile)."""
+    PackedLinear._tiled_matmul does it: on AMX, else in one tile for PyTorch's GEMM)."""
     gen = torch.Generator().manual_seed(0)
     weight = torch.randn(4096, 4096, generator=gen)
     q, s = module.quantize(weight, K.FORMAT_IDS["int4"], K.ISA_IDS["avx2"])
@@ -158,8 +158,13 @@ def _time_prompt_paths(module, isa: str) -> tuple[float, float]:
     def on_kernels():
         module.linear_many(x.float(), [qb], [sb], fmt, isa_id).bfloat16()
 
-    def on_gemm():
-        x @ module.dequantize(qb, sb, fmt, isa_id, 0, 4096, True, tile).T
+    amx = hasattr(module, "amx_usable") and module.amx_usable(isa_id)
+
+    def on_gemm():  # as PackedLinear._tiled_matmul: on AMX where it can
+        if amx:
+            module.amx_prompt_linear(x, qb, sb, fmt)
+        else:
+            x @ module.dequantize(qb, sb, fmt, isa_id, 0, 4096, True, tile).T
 
     kernels_s, gemm_s = _best_of_alternating([on_kernels, on_gemm], 5)
     return kernels_s, gemm_s

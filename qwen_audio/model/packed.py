@@ -91,6 +91,8 @@ class PackedLinear(nn.Module):
         self.int_inputs_any_rows = False
         # int4 in blocks: bf16 prompts on those kernels, not the bf16 GEMM (int_layout.py)
         self.bf16_prompts_on_kernels = False
+        # int8/int4 in blocks: bf16 prompts' GEMM on AMX, dequantizing in cache (amx_gemm)
+        self.amx_prompts = False
         # int8/int4: "rows" as stored, or "blocks8" (quant.to_row_blocks) once the kernels
         # that multiply that layout are attached; state_dict() always gives the rows
         self.layout = "rows"
@@ -125,6 +127,11 @@ class PackedLinear(nn.Module):
             self.weight, self.scales = quant.to_row_blocks(self.weight, self.scales, empty)
             self.layout = "blocks8"
             return_freed_memory()  # the stored copy, else kept by glibc (7B int4: +0.76 GiB)
+        self.amx_prompts = (
+            self.layout == "blocks8"
+            and self.out_features % 32 == 0
+            and amx_gemm_usable(module, isa)
+        )
         self.bf16_prompts_on_kernels = (
             self.layout == "blocks8"
             and self.format == "int4"
@@ -195,6 +202,10 @@ class PackedLinear(nn.Module):
     def _tiled_matmul(self, flat: torch.Tensor) -> torch.Tensor:
         compute = flat.dtype if flat.dtype in (torch.float32, torch.bfloat16) else torch.float32
         flat = flat.to(compute)
+        if compute == torch.bfloat16 and self.amx_prompts and not torch.is_grad_enabled():
+            return self.kernels.amx_prompt_linear(
+                flat, self.weight, self.scales, self.kernel_format
+            )
         N = self.out_features
         elements = TILE_FLOATS if compute == torch.float32 else BF16_TILE_ELEMENTS
         tile = max(16, elements // self.in_features)
@@ -240,6 +251,14 @@ class PackedLinear(nn.Module):
 
 
 _NO_SCALES = torch.empty(0, dtype=torch.float16)
+
+
+def amx_gemm_usable(module, isa: str) -> bool:
+    """Whether bf16 prompts times int8/int4 blocks run on AMX here (`amx_prompt_linear`): the
+    tile unit multiplies bf16 as PyTorch's GEMM does, but each weight tile is dequantized in
+    cache where it is used, not written out whole and read back. 7B shapes, 160 rows, 2 Sapphire
+    Rapids cores: 15.5 against 24.5 ms (22016 x 4096), 10 against 14 (4096 x 11008)."""
+    return hasattr(module, "amx_usable") and module.amx_usable(K.ISA_IDS[isa])
 
 
 def _kernel_product(layers: list[PackedLinear], flat: torch.Tensor) -> torch.Tensor:
