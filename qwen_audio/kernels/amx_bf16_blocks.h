@@ -167,11 +167,13 @@ inline uint8_t* scratch(int which, int64_t bytes) {
 // 8-row blocks. x: the M bf16 rows of K inputs as input tiles, (Mp / 16, K / 32, 16, 32), M
 // padded to whole passes with zeros, so that a tile is 1 KB in one piece.
 //
-// The work goes in chunks of up to 256 input rows whose input tiles stay in L2 while every
-// 32 outputs' weight tiles (made once per chunk: the costly part) meet them: all of K where
-// those tiles are at most 1.5 MB, else groups of about 1 MB at a time, whose sums wait in
-// memory between them. Over whole rows, every 32 outputs read all input rows again from beyond
-// L2 (7B's 4096 x 11008, 160 rows: 1.3 TFLOP/s on 2 cores).
+// The work goes in chunks of input rows whose input tiles stay in L2 while every 32 outputs'
+// weight tiles (made once per chunk: the costly part) meet them. A chunk holds all of K where
+// at least 128 rows of it fit in 1.5 MB (7B's K = 4096: up to 192 rows), else up to 256 rows
+// in groups of about 1 MB at a time, whose sums wait in memory between them (K = 11008).
+// Over whole rows, every 32 outputs read all input rows again from beyond L2 (4096 x 11008,
+// 160 rows: 1.3 TFLOP/s on 2 cores); in chunks of 256 rows and 1 MB for every K, 800 rows
+// of 22016 x 4096 ran at 1.4 TFLOP/s, the sums' round trips costing more than new tiles.
 template <bool kQ4>
 void gemm(const uint16_t* x, int64_t M, int64_t K, const uint8_t* w, const uint16_t* s,
           uint16_t* y, int64_t N, int64_t n0, int64_t n1) {
@@ -179,7 +181,11 @@ void gemm(const uint16_t* x, int64_t M, int64_t K, const uint8_t* w, const uint1
   constexpr int64_t kPassSums = 4 * 16 * 16;        // floats: 32 rows x 32 outputs
   const int64_t groups = K / kGroup, row_bytes = kQ4 ? K / 2 : K;
   const int64_t padded = (M + kRowsPerPass - 1) / kRowsPerPass * kRowsPerPass;
-  const int64_t chunk_rows = std::min<int64_t>(padded, 8 * kRowsPerPass);
+  // rows a chunk of all of K may have (1.5 MB of inputs), if enough: K = 4096 gives 192
+  const int64_t in_l2 = (int64_t{3} << 19) / (K * 2) / kRowsPerPass * kRowsPerPass;
+  const int64_t most_rows = in_l2 >= 4 * kRowsPerPass ? std::min<int64_t>(in_l2, 256) : 256;
+  const int64_t chunks = (padded + most_rows - 1) / most_rows;  // even chunks: 800 = 5 x 160
+  const int64_t chunk_rows = (padded / kRowsPerPass + chunks - 1) / chunks * kRowsPerPass;
   const int64_t tile_row_bytes = chunk_rows * kGroup * 2;  // one group of the chunk's inputs
   const int64_t chunk_groups = chunk_rows * K * 2 <= (int64_t{3} << 19)
                                    ? groups
