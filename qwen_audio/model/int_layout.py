@@ -13,8 +13,9 @@ overrides it.
 A bf16 prompt (more than 16 rows) times int4 blocks ran on the int8-input kernels on that Zen 4
 at 29.8 tok/s against 22.5 through the bf16 GEMM's dequantized tiles. With AMX (Sapphire Rapids)
 the GEMM is far ahead: 7B shapes, 2 cores, 128 rows ~800 against ~420 GFLOP/s, 800 rows
-1.6-1.7 TFLOP/s against ~400. So where bf16 is native that choice is measured as well (128 rows
-of a 4096 x 4096 weight, each way) and kept in the same file;
+1.6-1.7 TFLOP/s against ~400 (and our own AMX GEMM over the blocks, `amx_prompt_linear`, more
+so). So where bf16 is native that choice is measured as well (128 rows of a 4096 x 4096 weight,
+each way, the GEMM as PackedLinear runs it here) and kept in the same file;
 `QWEN_AUDIO_INT4_PROMPTS=kernels|gemm` overrides it.
 """
 
