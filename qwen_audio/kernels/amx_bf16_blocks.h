@@ -154,6 +154,26 @@ inline void pass(const uint16_t* x, int64_t groups, int64_t g0, int64_t count,
   }
 }
 
+// x (M, K) bf16 rows as input tiles at `tiles`, (padded / 16, K / 32, 16, 32), the rows past
+// M zeros: one pass over x, in parallel.
+inline void lay_out_inputs(const uint16_t* x, int64_t M, int64_t K, int64_t padded,
+                           uint16_t* tiles) {
+  const int64_t groups = K / kGroup;
+  at::parallel_for(0, padded / 16, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; t++) {
+      for (int64_t g = 0; g < groups; g++) {
+        uint16_t* tile = tiles + (t * groups + g) * kInputTile;
+        for (int64_t r = 0; r < 16; r++) {
+          const int64_t m = t * 16 + r;
+          const __m512i row = m < M ? _mm512_loadu_si512(x + m * K + g * kGroup)
+                                    : _mm512_setzero_si512();
+          _mm512_store_si512(tile + r * kGroup, row);
+        }
+      }
+    }
+  });
+}
+
 // 64-byte aligned space for `bytes` in a thread's reused buffer number `which`.
 inline uint8_t* scratch(int which, int64_t bytes) {
   thread_local std::vector<uint8_t> buffers[2];

@@ -845,10 +845,10 @@ torch::Tensor amx_prompt_linear(const torch::Tensor& x, const torch::Tensor& w,
   auto y = torch::empty({M, N}, x.options());
   if (M == 0) return y;
   const int64_t padded = (M + amx::kRowsPerPass - 1) / amx::kRowsPerPass * amx::kRowsPerPass;
-  auto rows = torch::zeros({padded, K}, x.options());  // whole passes of input rows
-  rows.narrow(0, 0, M).copy_(x);
-  const auto tiles = rows.view({padded / 16, 16, K / kGroup, kGroup}).permute({0, 2, 1, 3});
-  const auto xt = tiles.contiguous();  // (padded / 16, K / 32, 16, 32): 1 KB input tiles
+  const auto xc = x.contiguous();
+  auto xt = torch::empty({padded / 16, K / kGroup, 16, kGroup}, x.options());  // 1 KB tiles
+  amx::lay_out_inputs(reinterpret_cast<const uint16_t*>(xc.data_ptr()), M, K, padded,
+                      reinterpret_cast<uint16_t*>(xt.data_ptr()));
   const auto* xq = reinterpret_cast<const uint16_t*>(xt.data_ptr());
   auto* yp = reinterpret_cast<uint16_t*>(y.data_ptr());
   const auto* wp = static_cast<const uint8_t*>(w.data_ptr());
