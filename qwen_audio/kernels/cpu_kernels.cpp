@@ -252,8 +252,10 @@ using avx2::QuantizedRows;
 }  // namespace avx512_vnni_blocks
 #pragma GCC pop_options
 
-// bf16 prompts times int8/int4 blocks on AMX (amx_bf16_blocks.h), where amx_usable().
-#if defined(__linux__)
+// bf16 prompts times int8/int4 blocks on AMX (amx_bf16_blocks.h), where amx_usable(). Its
+// intrinsics came with GCC 11 and clang 12; an older compiler builds everything else.
+#if defined(__linux__) && \
+    ((defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && __GNUC__ >= 11))
 #define QWEN_AUDIO_AMX 1
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,amx-tile,amx-bf16")
