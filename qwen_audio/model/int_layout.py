@@ -159,7 +159,7 @@ def _time_prompt_paths(module, isa: str) -> tuple[float, float]:
     def on_kernels():
         module.linear_many(x.float(), [qb], [sb], fmt, isa_id).bfloat16()
 
-    amx = hasattr(module, "amx_usable") and module.amx_usable(isa_id)
+    amx = module.amx_usable(isa_id)
 
     def on_gemm():  # as PackedLinear._tiled_matmul: on AMX where it can
         if amx:
