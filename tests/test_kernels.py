@@ -337,15 +337,19 @@ def test_amx_prompts_equal_the_gemm_over_dequantized_weights(fmt, rows):
 
 @needs_amx
 @pytest.mark.parametrize("fmt", ["int8", "int4"])
-def test_packed_layers_send_bf16_prompts_to_amx(fmt):
+def test_packed_layers_send_bf16_prompts_to_amx(fmt, monkeypatch):
     """A layer in blocks with AMX: bf16 prompts (more than 16 rows) take amx_prompt_linear,
     whose bias is added as on every path; decoded rows and float32 rows keep their paths, and
     a lower instruction set (QWEN_AUDIO_ISA=avx512) turns AMX off."""
+    monkeypatch.setenv("QWEN_AUDIO_INT4_PROMPTS", "gemm")  # int4's measured choice, fixed
     p = packed(fmt, 64, 128, seed=3, bias=True)
     assert p.use_kernels(module, "avx512_bf16") and p.layout == "blocks8" and p.amx_prompts
     x = torch.randn(40, 128).bfloat16()
     with torch.inference_mode():
         y = p(x)
+        # decoded rows (16 or fewer) and float32 rows go to the int8-input kernels
+        assert p.takes_kernel_rows(x[:16]) and p.takes_kernel_rows(x.float())
+        assert not p.takes_kernel_rows(x)
     direct = module.amx_prompt_linear(x, p.weight, p.scales, p.kernel_format)
     assert torch.equal(y, direct + p.bias)  # the bias in its own dtype, as on every path
     lower = packed(fmt, 64, 128, seed=3)
