@@ -16,7 +16,8 @@
 // 2j (even 32-bit words) and 2j + 1 (odd words).
 //
 // Included by cpu_kernels.cpp inside namespace amx under its target options (AMX-TILE,
-// AMX-BF16, AVX512-BF16).
+// AMX-BF16, AVX512-BF16, AVX512-VNNI: a superset of row_block_pairs.h's, whose helpers for
+// reading a pair of blocks it calls).
 struct TileConfig {  // the 64 bytes `ldtilecfg` reads: palette 1, then each tile's shape
   uint8_t palette = 1;
   uint8_t start_row = 0;
@@ -76,14 +77,11 @@ inline void widen_run(__m512i bytes, const __m512 scale[4], uint8_t* tile, int j
 template <bool kQ4>
 void widen_pair(const uint8_t* blk0, const uint8_t* blk1, const uint16_t* scales0,
                 const uint16_t* scales1, int64_t groups, uint8_t* tiles) {
-  constexpr int64_t kGroupBytes = kQ4 ? 128 : 256;
+  using Pairs = avx512_vnni_blocks::RowBlockPairs<kQ4>;
   const __m512i low_nibbles = _mm512_set1_epi8(0x0F), eight = _mm512_set1_epi8(8);
   for (int64_t g = 0; g < groups; g++) {
     // scales of outputs 0..15, each 4 times: lanes 4i..4i+3 of scale[q] = output 4q + i
-    const __m256i halves = _mm256_inserti128_si256(
-        _mm256_castsi128_si256(_mm_loadu_si128((const __m128i*)(scales0 + g * 8))),
-        _mm_loadu_si128((const __m128i*)(scales1 + g * 8)), 1);
-    const __m512 all = _mm512_cvtph_ps(halves);
+    const __m512 all = Pairs::pair_scales(scales0, scales1, g);
     __m512 scale[4];
     for (int q = 0; q < 4; q++) {
       const __m512i pick = _mm512_set_epi32(4 * q + 3, 4 * q + 3, 4 * q + 3, 4 * q + 3,
@@ -92,13 +90,11 @@ void widen_pair(const uint8_t* blk0, const uint8_t* blk1, const uint16_t* scales
                                             4 * q, 4 * q, 4 * q);
       scale[q] = _mm512_permutexvar_ps(pick, all);
     }
-    const uint8_t* runs0 = blk0 + g * kGroupBytes;
-    const uint8_t* runs1 = blk1 + g * kGroupBytes;
+    const uint8_t* runs0 = blk0 + g * Pairs::kGroupBytes;
+    const uint8_t* runs1 = blk1 + g * Pairs::kGroupBytes;
     uint8_t* tile = tiles + g * kTileBytes;
     for (int j = 0; j < (kQ4 ? 4 : 8); j++) {
-      const __m512i run = _mm512_inserti64x4(
-          _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(runs0 + j * 32))),
-          _mm256_loadu_si256((const __m256i*)(runs1 + j * 32)), 1);
+      const __m512i run = Pairs::pair_run(runs0 + j * 32, runs1 + j * 32);
       if constexpr (kQ4) {
         const __m512i lo = _mm512_sub_epi8(_mm512_and_si512(run, low_nibbles), eight);
         const __m512i hi = _mm512_sub_epi8(
@@ -198,7 +194,7 @@ inline uint8_t* scratch(int which, int64_t bytes) {
 template <bool kQ4>
 void gemm(const uint16_t* x, int64_t M, int64_t K, const uint8_t* w, const uint16_t* s,
           uint16_t* y, int64_t N, int64_t n0, int64_t n1) {
-  constexpr int64_t kGroupBytes = kQ4 ? 128 : 256;  // a group of one block
+  constexpr int64_t kGroupBytes = avx512_vnni_blocks::RowBlocks<kQ4>::kGroupBytes;
   constexpr int64_t kPassSums = 4 * 16 * 16;        // floats: 32 rows x 32 outputs
   const int64_t groups = K / kGroup, row_bytes = kQ4 ? K / 2 : K;
   const int64_t padded = (M + kRowsPerPass - 1) / kRowsPerPass * kRowsPerPass;

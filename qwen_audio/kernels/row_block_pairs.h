@@ -23,6 +23,14 @@ struct RowBlockPairs {
     return _mm512_inserti64x4(_mm512_castsi256_si512(low), _mm256_loadu_si256((const __m256i*)b), 1);
   }
 
+  // the 16 scales of group g of a pair, block b's in lanes 0..7, block b + 1's in 8..15
+  static inline __m512 pair_scales(const uint16_t* scales0, const uint16_t* scales1, int64_t g) {
+    const __m256i halves = _mm256_inserti128_si256(
+        _mm256_castsi128_si256(_mm_loadu_si128((const __m128i*)(scales0 + g * 8))),
+        _mm_loadu_si128((const __m128i*)(scales1 + g * 8)), 1);
+    return _mm512_cvtph_ps(halves);
+  }
+
   static inline __m512i broadcast_word(const int8_t* p) {
     int32_t word;
     std::memcpy(&word, p, sizeof(word));
@@ -59,10 +67,7 @@ struct RowBlockPairs {
         for (int j = 0; j < 8; j++)
           w[j] = _mm512_xor_si512(pair_run(runs0 + j * 32, runs1 + j * 32), top_bit);
       }
-      const __m256i halves = _mm256_inserti128_si256(
-          _mm256_castsi128_si256(_mm_loadu_si128((const __m128i*)(scales + g * 8))),
-          _mm_loadu_si128((const __m128i*)(scales1 + g * 8)), 1);
-      const __m512 wscale = _mm512_cvtph_ps(halves);
+      const __m512 wscale = pair_scales(scales, scales1, g);
       for (int m = 0; m < MR; m++) {
         const int8_t* xg = x.q + m * K + g * kGroup;
         __m512i lo = _mm512_setzero_si512(), hi = _mm512_setzero_si512();  // two chains

@@ -91,8 +91,7 @@ class PackedLinear(nn.Module):
         self.int_inputs_any_rows = False
         # int4 in blocks: bf16 prompts on those kernels, not the bf16 GEMM (int_layout.py)
         self.bf16_prompts_on_kernels = False
-        # int8/int4 in blocks: bf16 prompts' GEMM on AMX, dequantizing in cache
-        # (amx_gemm_usable)
+        # int8/int4 in blocks: bf16 prompts' GEMM on AMX, dequantizing in cache (use_kernels)
         self.amx_prompts = False
         # int8/int4: "rows" as stored, or "blocks8" (quant.to_row_blocks) once the kernels
         # that multiply that layout are attached; state_dict() always gives the rows
@@ -128,10 +127,12 @@ class PackedLinear(nn.Module):
             self.weight, self.scales = quant.to_row_blocks(self.weight, self.scales, empty)
             self.layout = "blocks8"
             return_freed_memory()  # the stored copy, else kept by glibc (7B int4: +0.76 GiB)
+        # bf16 prompts' GEMM on AMX (`amx_prompt_linear`): the tile unit multiplies bf16 as
+        # PyTorch's GEMM does, but each weight tile is dequantized in cache where it is used,
+        # not written out whole and read back. 7B shapes, 160 rows, 2 Sapphire Rapids cores:
+        # 15-17 against 25-28 ms (22016 x 4096), 8.5-9.4 against 15-16 (4096 x 11008).
         self.amx_prompts = (
-            self.layout == "blocks8"
-            and self.out_features % 32 == 0
-            and amx_gemm_usable(module, isa)
+            self.layout == "blocks8" and self.out_features % 32 == 0 and module.amx_usable(self.isa)
         )
         self.bf16_prompts_on_kernels = (
             self.layout == "blocks8"
@@ -252,14 +253,6 @@ class PackedLinear(nn.Module):
 
 
 _NO_SCALES = torch.empty(0, dtype=torch.float16)
-
-
-def amx_gemm_usable(module, isa: str) -> bool:
-    """Whether bf16 prompts times int8/int4 blocks run on AMX here (`amx_prompt_linear`): the
-    tile unit multiplies bf16 as PyTorch's GEMM does, but each weight tile is dequantized in
-    cache where it is used, not written out whole and read back. 7B shapes, 160 rows, 2 Sapphire
-    Rapids cores: 15-17 against 25-28 ms (22016 x 4096), 8.5-9.4 against 15-16 (4096 x 11008)."""
-    return module.amx_usable(K.ISA_IDS[isa])
 
 
 def _kernel_product(layers: list[PackedLinear], flat: torch.Tensor) -> torch.Tensor:
